@@ -1,0 +1,14 @@
+"""wan_core: a plain-PyTorch implementation of the Wan 2.1 / 2.2 video models (no ComfyUI needed).
+
+Importing this package is cheap; submodules load torch-heavy pieces only when used.
+"""
+from .attention import attention, register_attention_backend, set_attention_backend
+from .dit_checkpoint import load_dit, load_dit_config
+from .model import WanConfig, WanDiT
+from .tensor_files import CheckpointError
+
+__all__ = [
+    "WanConfig", "WanDiT", "load_dit", "load_dit_config", "CheckpointError",
+    "attention", "register_attention_backend", "set_attention_backend",
+]
+__version__ = "0.1.0"
