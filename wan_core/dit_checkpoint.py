@@ -162,7 +162,7 @@ def official_key_map(keys, path) -> tuple[dict, str]:
         for k, orig in stripped.items():
             if _DIFFUSERS_IGNORED.match(k):
                 continue
-            renamed[_rename_diffusers(k)] = orig
+            renamed[diffusers_to_official_name(k)] = orig
         return renamed, "diffusers"
     _raise_not_a_dit(stripped, path)
 
@@ -174,7 +174,7 @@ def _common_prefix(keys) -> str:
     return ""
 
 
-def _rename_diffusers(key: str) -> str:
+def diffusers_to_official_name(key: str) -> str:
     for pattern, repl in _DIFFUSERS_RENAMES:
         new, n = pattern.subn(repl, key)
         if n:
@@ -201,8 +201,9 @@ def _raise_not_a_dit(keys, path):
 # --------------------------------------------------------------------------------------------
 
 
-def detect_config(shape_of, keys, config_json, hints: str, path) -> WanConfig:
-    """Infer the WanConfig from tensor shapes (official names); config.json fills what shapes cannot tell."""
+def detect_config(shape_of, keys, config_json, hints: str, path, overrides: dict | None = None) -> WanConfig:
+    """Infer the WanConfig from tensor shapes (official names); config.json, then the caller's
+    overrides, fill what shapes cannot tell (num_heads, text_len, eps, model_type)."""
     for key, what in _UNSUPPORTED_ADDONS:
         if key in keys:
             raise CheckpointError(f"{path}: {what} checkpoints are not supported by wan-flow yet (found {key!r})")
@@ -222,7 +223,7 @@ def detect_config(shape_of, keys, config_json, hints: str, path) -> WanConfig:
     image_branch = "blocks.0.cross_attn.k_img.weight" in keys or "img_emb.proj.0.weight" in keys
     flf_tokens = shape_of("img_emb.emb_pos")[1] if "img_emb.emb_pos" in keys else 0
 
-    cj = _config_json_fields(config_json or {})
+    cj = dict(_config_json_fields(config_json or {}), **(overrides or {}))
     num_heads = cj.get("num_heads") or (dim // 128 if dim % 128 == 0 else None)
     if num_heads is None:
         raise CheckpointError(
@@ -313,7 +314,7 @@ def load_dit(
     path = getattr(tensors, "path", source)
     name_map, layout = official_key_map(tensors.keys(), path)
     weight_names = {k for k in name_map if not k.endswith((".scale_weight", ".weight_scale"))}
-    cfg = detect_config(lambda k: tuple(tensors.shape(name_map[k])), weight_names, config_json, hints, path)
+    cfg = detect_config(lambda k: tuple(tensors.shape(name_map[k])), weight_names, config_json, hints, path, config)
     if config:
         merged = cfg.as_dict()
         merged.update(config)
