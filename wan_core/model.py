@@ -402,6 +402,8 @@ class WanDiT(nn.Module):
             raise ValueError(f"latent F, H, W must be multiples of the patch size {cfg.patch_size}; got {f, hh, ww}")
         if context.ndim != 3 or context.shape[-1] != cfg.text_dim:
             raise ValueError(f"context must be [B, L_text, {cfg.text_dim}], got shape {tuple(context.shape)}")
+        if clip_fea is not None and not cfg.image_branch:
+            raise ValueError(f"{cfg.variant or cfg.model_type} has no image branch (no img_emb): do not pass clip_fea")
         if cfg.image_branch and clip_fea is None:
             raise ValueError(f"{cfg.variant or cfg.model_type} needs clip_fea [B, 257 or 514, {CLIP_DIM}]")
         if timestep.ndim == 2 and timestep.shape[1] != (f // pt) * (hh // ph) * (ww // pw):
