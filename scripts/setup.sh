@@ -15,10 +15,14 @@ want="$TORCH_SPEC $(cat requirements.txt requirements-test.txt 2>/dev/null | sha
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
-"$PY" -m pip install -q --upgrade pip >/dev/null
-"$PY" -m pip install -q "$TORCH_SPEC"
-"$PY" -m pip install -q -r requirements.txt
+pip_install() {
+  # this machine's pip config lists local index folders that may not exist: hide those warnings only
+  "$PY" -m pip install -q "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+}
+pip_install --upgrade pip
+pip_install "$TORCH_SPEC"
+pip_install -r requirements.txt
 if [ "${1:-}" = "--test" ]; then
-  "$PY" -m pip install -q -r requirements-test.txt
+  pip_install -r requirements-test.txt
 fi
 echo "$want" > "$stamp"

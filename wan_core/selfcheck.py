@@ -1,0 +1,112 @@
+"""Self-check: build tiny random Wan DiTs, write them in every checkpoint layout, reload them with
+`load_dit` and print how closely each reproduces the reference numbers.
+
+For every variant and layout the reloaded model's output is compared with
+  * our in-memory model holding exactly the stored (dequantized) weights - must be identical up to
+    float noise, and
+  * diffusers' WanTransformer3DModel on the same weights, when diffusers is installed (the test
+    setup installs it) - must agree within 1e-4 (fp32).
+Finally the bf16 compute path is compared with fp32 by cosine similarity (> 0.999).
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .dit_checkpoint import load_dit
+from .dit_export import comfyui_state_dict, dequantized_reference, save_official, save_pth, save_safetensors
+from .model import WanDiT
+from .reference import diffusers_available, diffusers_forward, diffusers_model
+from .tiny import example_inputs, random_dit
+
+KINDS = ("t2v", "i2v", "flf2v", "ti2v", "i2v-2.2")
+TOLERANCE = 1e-4
+PREFIX = "model.diffusion_model."
+
+
+def write_layouts(model: WanDiT, folder: Path) -> dict:
+    """-> {layout name: (source for load_dit, the fp32 weights a correct loader must produce)}."""
+    state, cfg = model.state_dict(), model.config
+    exact = {k: v.float() for k, v in state.items()}
+    layouts = {
+        "official": (save_official(state, cfg, folder / "official"), exact),
+        "official sharded": (save_official(state, cfg, folder / "sharded", shards=3), exact),
+        "official .pth": (save_pth(state, folder / "model.pth"), exact),
+    }
+    for name, kwargs in {
+        "comfyui fp16": dict(dtype=torch.float16),
+        "comfyui bf16 prefixed": dict(dtype=torch.bfloat16, prefix=PREFIX),
+        "comfyui fp8_e4m3fn": dict(fp8="e4m3fn"),
+        "comfyui fp8_e5m2": dict(fp8="e5m2"),
+        "comfyui fp8_scaled prefixed": dict(fp8="scaled", prefix=PREFIX),
+    }.items():
+        tensors = comfyui_state_dict(state, **kwargs)
+        path = save_safetensors(tensors, folder / (name.replace(" ", "_") + ".safetensors"))
+        layouts[name] = (path, dequantized_reference(tensors, kwargs.get("prefix", "")))
+    if diffusers_available():
+        diffusers_model(cfg, state).save_pretrained(folder / "diffusers" / "transformer", max_shard_size="300KB")
+        layouts["diffusers"] = (folder / "diffusers" / "transformer", exact)
+    return layouts
+
+
+def check_variant(kind: str, seed: int, workdir: Path) -> list[dict]:
+    model = random_dit(kind, seed=seed)
+    inputs = example_inputs(model.config)
+    rows = []
+    for layout, (source, weights) in write_layouts(model, workdir / kind).items():
+        loaded = load_dit(source, dtype=torch.float32)
+        reference = WanDiT(model.config).eval()
+        reference.load_state_dict(weights, strict=True)
+        with torch.no_grad():
+            out = loaded(**inputs)
+            row = {
+                "variant": kind, "layout": layout, "detected": loaded.config.variant,
+                "vs_reference": (out - reference(**inputs)).abs().max().item(),
+            }
+        if diffusers_available():
+            ref_model = diffusers_model(model.config, weights)
+            row["vs_diffusers"] = (out - diffusers_forward(ref_model, model.config, **inputs)).abs().max().item()
+        rows.append(row)
+    bf16 = load_dit(workdir / kind / "official", dtype=torch.bfloat16)
+    with torch.no_grad():
+        cos = F.cosine_similarity(bf16(**inputs).flatten().double(), model(**inputs).flatten().double(), dim=0).item()
+    rows.append({"variant": kind, "layout": "official, bf16 compute", "detected": bf16.config.variant, "cosine_vs_fp32": cos})
+    return rows
+
+
+def row_ok(row: dict) -> bool:
+    if "cosine_vs_fp32" in row:
+        return row["cosine_vs_fp32"] > 0.999
+    return row["vs_reference"] <= TOLERANCE and row.get("vs_diffusers", 0.0) <= TOLERANCE
+
+
+def run_selfcheck(out_dir: str | None = None) -> int:
+    torch.manual_seed(0)
+    start = time.time()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="wanflow-selfcheck-") as tmp:
+        for seed, kind in enumerate(KINDS):
+            rows += check_variant(kind, seed, Path(tmp))
+    print(f"{'variant':8} {'layout':28} {'detected as':18} {'vs ours(ref)':>13} {'vs diffusers':>13}  ok")
+    for r in rows:
+        if "cosine_vs_fp32" in r:
+            figures = f"{'cos ' + format(r['cosine_vs_fp32'], '.6f'):>27}"
+        else:
+            diff = r.get("vs_diffusers")
+            figures = f"{r['vs_reference']:13.2e} {('%13.2e' % diff) if diff is not None else '  (no diffusers)'}"
+        print(f"{r['variant']:8} {r['layout']:28} {r['detected']:18} {figures}  {'yes' if row_ok(r) else 'NO'}")
+    failed = [r for r in rows if not row_ok(r)]
+    print(f"\n{len(rows) - len(failed)} of {len(rows)} checks within tolerance (max abs diff <= {TOLERANCE}, "
+          f"bf16 cosine > 0.999) in {time.time() - start:.1f} s"
+          + ("" if diffusers_available() else "; install diffusers (scripts/setup.sh --test) for the diffusers column"))
+    if out_dir:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "selfcheck.json").write_text(json.dumps(rows, indent=2))
+        print(f"report: {out / 'selfcheck.json'}")
+    return 1 if failed else 0
