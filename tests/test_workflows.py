@@ -1,0 +1,211 @@
+"""The shipped workflows fit the pack's nodes (no ComfyUI needed).
+
+For every UI-format workflow in workflows/*.json (what ComfyUI lists under Templates) this checks
+node types, widget values against INPUT_TYPES, link consistency, and that its API-format twin in
+workflows/api/ is exactly the UI graph converted the way the frontend does it (comfyui.md §11.3).
+"""
+import json
+from pathlib import Path
+
+import pytest
+
+from test_nodes import import_pack
+
+PACK_DIR = Path(__file__).resolve().parents[1]
+WORKFLOWS = PACK_DIR / "workflows"
+UI_FILES = sorted(WORKFLOWS.glob("*.json"))
+# Drawn by the frontend only: never in /object_info, never sent to the server.
+FRONTEND_ONLY = {"Note", "MarkdownNote", "PrimitiveNode", "Reroute"}
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
+MODEL_SUFFIXES = (".safetensors", ".sft", ".pth", ".pt", ".ckpt", ".bin")
+
+
+@pytest.fixture(scope="module")
+def nodes(tmp_path_factory):
+    """NODE_CLASS_MAPPINGS with an empty model folder, as in CI: file dropdowns list nothing."""
+    import os
+    old = os.environ.get("WANFLOW_MODELS_DIR")
+    os.environ["WANFLOW_MODELS_DIR"] = str(tmp_path_factory.mktemp("no_models"))
+    try:
+        mappings = import_pack().NODE_CLASS_MAPPINGS
+        yield {name: (cls, cls.INPUT_TYPES()) for name, cls in mappings.items()}
+    finally:
+        if old is None:
+            os.environ.pop("WANFLOW_MODELS_DIR", None)
+        else:
+            os.environ["WANFLOW_MODELS_DIR"] = old
+
+
+def input_specs(spec: dict) -> list[tuple[str, str, object, dict]]:
+    """[(name, type, combo options or None, options dict)] in INPUT_TYPES order (required, optional)."""
+    out = []
+    for section in ("required", "optional"):
+        for name, entry in spec.get(section, {}).items():
+            kind, opts = entry[0], (entry[1] if len(entry) > 1 else {})
+            if isinstance(kind, (list, tuple)):
+                out.append((name, "COMBO", list(kind), opts))
+            else:
+                out.append((name, kind, None, opts))
+    return out
+
+
+def widget_values_by_name(spec: dict, values: list) -> dict:
+    """Positional widgets_values -> {input name: value}; drops the UI-only control_after_generate entry."""
+    named, i = {}, 0
+    for name, kind, _, opts in input_specs(spec):
+        if kind not in WIDGET_TYPES:
+            continue  # socket-only input: no widget slot
+        assert i < len(values), f"widgets_values too short: no value for {name!r}"
+        named[name] = values[i]
+        i += 1
+        if opts.get("control_after_generate"):
+            assert i < len(values) and values[i] in CONTROL_VALUES, f"{name}: missing control_after_generate value"
+            i += 1
+    assert i == len(values), f"widgets_values has {len(values)} entries, INPUT_TYPES needs {i}"
+    return named
+
+
+def ui_to_api(wf: dict, nodes: dict) -> dict:
+    """UI graph -> API prompt, as the frontend's graphToPrompt does for plain graphs (no subgraphs)."""
+    by_id = {n["id"]: n for n in wf["nodes"]}
+    links = {link[0]: link for link in wf["links"]}
+    prompt = {}
+    for node in wf["nodes"]:
+        if node["type"] in FRONTEND_ONLY or node.get("mode", 0) != 0:
+            continue
+        spec = nodes[node["type"]][1]
+        inputs = widget_values_by_name(spec, node.get("widgets_values") or [])
+        for socket in node.get("inputs", []):
+            if socket.get("link") is not None:
+                _, origin, slot, *_ = links[socket["link"]]
+                assert by_id[origin].get("mode", 0) == 0, "links from muted/bypassed nodes are not handled here"
+                inputs[socket["name"]] = [str(origin), slot]
+        prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
+    return prompt
+
+
+def test_there_are_workflows():
+    assert UI_FILES, "no UI workflows in workflows/"
+
+
+def ui_to_api_name(path: Path) -> Path:
+    return path.parent / "api" / path.name
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.name)
+def test_ui_workflow_matches_nodes(path, nodes):
+    check_nodes(json.loads(path.read_text()), nodes, path.name)
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.name)
+def test_ui_workflow_links_are_consistent(path, nodes):
+    check_links(json.loads(path.read_text()), nodes, path.name)
+
+
+def check_nodes(wf, nodes, fname):
+    assert wf.get("version") == 0.4 and isinstance(wf.get("nodes"), list) and isinstance(wf.get("links"), list), \
+        "not a UI-format (0.4) workflow"
+    ids = [n["id"] for n in wf["nodes"]]
+    assert len(ids) == len(set(ids)), "duplicate node ids"
+    assert wf["last_node_id"] >= max(ids)
+    assert wf["last_link_id"] >= max((link[0] for link in wf["links"]), default=0)
+    for node in wf["nodes"]:
+        where = f"{fname} node {node['id']} ({node['type']})"
+        if node["type"] in FRONTEND_ONLY:
+            continue
+        assert node["type"] in nodes, f"{where}: not a node of this pack (NODE_CLASS_MAPPINGS)"
+        cls, spec = nodes[node["type"]]
+        named = widget_values_by_name(spec, node.get("widgets_values") or [])
+        specs = {name: (kind, options, opts) for name, kind, options, opts in input_specs(spec)}
+        for name, value in named.items():
+            kind, options, opts = specs[name]
+            if kind == "COMBO":
+                if options:
+                    assert value in options, f"{where}: {name}={value!r} not in {options}"
+                else:  # a model-file dropdown (empty here): a plausible file name
+                    assert isinstance(value, str) and value.endswith(MODEL_SUFFIXES) and "/.." not in "/" + value, \
+                        f"{where}: {name}={value!r} is not a model file name"
+            elif kind == "INT":
+                assert isinstance(value, int) and not isinstance(value, bool), f"{where}: {name} not an int"
+            elif kind == "FLOAT":
+                assert isinstance(value, (int, float)) and not isinstance(value, bool), f"{where}: {name} not a number"
+            elif kind == "STRING":
+                assert isinstance(value, str), f"{where}: {name} not a string"
+            elif kind == "BOOLEAN":
+                assert isinstance(value, bool), f"{where}: {name} not a bool"
+            if kind in ("INT", "FLOAT"):
+                assert opts.get("min", value) <= value <= opts.get("max", value), f"{where}: {name} out of range"
+        # every socket-only required input is present and connected
+        sockets = {s["name"]: s for s in node.get("inputs", [])}
+        for name, (kind, _, _) in specs.items():
+            if kind not in WIDGET_TYPES and name in spec["required"]:
+                assert sockets.get(name, {}).get("link") is not None, f"{where}: required input {name!r} not connected"
+        assert [o["type"] for o in node.get("outputs", [])] == list(cls.RETURN_TYPES), f"{where}: outputs differ"
+
+
+def check_links(wf, nodes, fname):
+    by_id = {n["id"]: n for n in wf["nodes"]}
+    link_ids = [link[0] for link in wf["links"]]
+    assert len(link_ids) == len(set(link_ids)), "duplicate link ids"
+    for link_id, origin, o_slot, target, t_slot, typ in wf["links"]:
+        where = f"{fname} link {link_id}"
+        assert origin in by_id and target in by_id, f"{where}: unknown node"
+        out = by_id[origin]["outputs"][o_slot]
+        inp = by_id[target]["inputs"][t_slot]
+        assert link_id in (out.get("links") or []), f"{where}: not listed on its origin output"
+        assert inp.get("link") == link_id, f"{where}: target input does not point back"
+        assert out["type"] == inp["type"] == typ, f"{where}: types {out['type']} -> {inp['type']} vs {typ}"
+        ocls, _ = nodes[by_id[origin]["type"]]
+        assert ocls.RETURN_TYPES[o_slot] == typ, f"{where}: origin returns {ocls.RETURN_TYPES[o_slot]}"
+        tspec = {name: kind for name, kind, _, _ in input_specs(nodes[by_id[target]["type"]][1])}
+        assert tspec.get(inp["name"]) == typ, f"{where}: target input {inp['name']!r} takes {tspec.get(inp['name'])}"
+    # the reverse direction: every link id on a socket is a real link
+    for node in wf["nodes"]:
+        for inp in node.get("inputs", []):
+            assert inp.get("link") is None or inp["link"] in link_ids, f"node {node['id']}: dangling input link"
+        for out in node.get("outputs", []):
+            assert all(lid in link_ids for lid in out.get("links") or []), f"node {node['id']}: dangling output link"
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.name)
+def test_api_twin_is_the_converted_ui_graph(path, nodes):
+    twin = ui_to_api_name(path)
+    assert twin.exists(), f"{path.name} has no API-format twin at workflows/api/{path.name}"
+    api = json.loads(twin.read_text())
+    stripped = {nid: {"class_type": n["class_type"], "inputs": n["inputs"]} for nid, n in api.items()}
+    assert stripped == ui_to_api(json.loads(path.read_text()), nodes)
+
+
+def test_every_api_twin_has_a_ui_original():
+    orphans = [p.name for p in sorted((WORKFLOWS / "api").glob("*.json")) if not (WORKFLOWS / p.name).exists()]
+    assert orphans == []
+
+
+def test_checker_catches_mistakes(nodes):
+    """The checks above can fail: each broken copy of a shipped workflow is rejected."""
+    spec = nodes["WanFlowLoadDiffusionModel"][1]
+    with pytest.raises(AssertionError, match="widgets_values"):
+        widget_values_by_name(spec, ["wan2.1_t2v_1.3B_fp16.safetensors", "default"])
+    with pytest.raises(AssertionError, match="widgets_values has 4"):
+        widget_values_by_name(spec, ["a.safetensors", "default", "auto", "extra"])
+    original = json.loads(UI_FILES[0].read_text())
+
+    def broken(edit):
+        wf = json.loads(json.dumps(original))
+        edit(wf)
+        return wf
+
+    loader = next(i for i, n in enumerate(original["nodes"]) if n["type"] == "WanFlowLoadDiffusionModel")
+    bad_graphs = {
+        "unknown type": (check_nodes, lambda wf: wf["nodes"][loader].update(type="WanFlowNoSuchNode")),
+        "combo value": (check_nodes, lambda wf: wf["nodes"][loader]["widgets_values"].__setitem__(1, "fp64")),
+        "model file": (check_nodes, lambda wf: wf["nodes"][loader]["widgets_values"].__setitem__(0, "model.txt")),
+        "link type": (check_links, lambda wf: wf["links"][0].__setitem__(5, "MODEL")),
+        "link slot": (check_links, lambda wf: wf["links"][0].__setitem__(4, 5)),
+        "dangling": (check_links, lambda wf: wf["links"].clear()),
+    }
+    for what, (check, edit) in bad_graphs.items():
+        with pytest.raises((AssertionError, IndexError, KeyError)):
+            check(broken(edit), nodes, what)
+            pytest.fail(f"{what}: broken workflow accepted")  # pragma: no cover
