@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR", "")
+COMFYUI_DIR = str(Path(COMFYUI_DIR).resolve()) if COMFYUI_DIR else ""
 if not COMFYUI_DIR:
     pytest.skip("COMFYUI_DIR unset: the real-ComfyUI end-to-end test needs a ComfyUI checkout "
                 "(see tests/e2e/README.md)", allow_module_level=True)
