@@ -54,8 +54,9 @@ theirs.eval()
 gen = torch.Generator().manual_seed(1)
 x = torch.randn(1, 16, 3, 8, 12, generator=gen)
 context = torch.randn(1, 20, 4096, generator=gen)
-# ComfyUI pads the text to 512 tokens before the model (model_base.WAN21.extra_conds), the model
-# itself does not; ours pads inside forward. Both pad with zeros.
+# ComfyUI's WanModel does not pad the text itself: its UMT5 tokenizer pads every prompt to 512
+# tokens (min_length=512) and the encoder zeroes the masked positions (zero_out_masked), so the
+# model receives [B, 512, 4096] with zero rows. Ours pads with zeros inside forward.
 context_512 = torch.nn.functional.pad(context, (0, 0, 0, cfg.text_len - context.shape[1]))
 
 
