@@ -172,13 +172,15 @@ def test_ui_workflow_loads_in_browser(server, path, tmp_path):
                     "or WANFLOW_E2E_NO_UI=1")
     report, exported = tmp_path / "ui.json", tmp_path / "exported_api.json"
     proc = e2e(server, "ui", path, "--report", report, "--export-api", exported, "--strict-values",
-               "--screenshot", tmp_path / "ui.png", timeout=300)
+               "--screenshot", tmp_path / "ui.png", "--queue", "--timeout", "300", timeout=420)
     if proc.returncode == 4:
         pytest.skip("headless UI check skipped: playwright or Chromium unavailable: " + proc.stderr.strip()[-300:])
     rep = json.loads(report.read_text())
     assert rep["missing_node_types"] == [], f"missing node types in the frontend: {rep['missing_node_types']}"
     assert rep["bad_combo_values"] == [], rep["bad_combo_values"]
     assert proc.returncode == 0, proc.stdout
+    # queued from the page (Queue button path: the frontend's graphToPrompt, then POST /prompt)
+    assert rep.get("queue_http_status") == 200 and rep.get("status") == "success", rep
     # the frontend's own UI->API conversion equals the shipped API twin
     twin = WORKFLOWS / "api" / path.name
     if twin.exists():
