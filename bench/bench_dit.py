@@ -114,6 +114,16 @@ def main():
     torch.manual_seed(0)
     inp = make_inputs()
     rows, numerics = [], {}
+    out = Path(args.out)
+
+    def save():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        data = json.loads(out.read_text()) if out.exists() else {}
+        data[args.tag] = dict(
+            machine=dict(cpu=platform.processor() or platform.machine(), threads=args.threads, torch=torch.__version__),
+            latent=LATENT, text_len=TEXT_LEN, reps=args.reps, warmup=args.warmup, rows=rows, numerics=numerics)
+        out.write_text(json.dumps(data, indent=1))
+
     for cname in args.configs.split(","):
         ref32 = build_diffusers(cname)
         with tempfile.TemporaryDirectory() as tmp:
@@ -138,6 +148,7 @@ def main():
                 rows.append(row)
                 print(f"{cname:12s} {dname:5s} {mode:7s} ours {mo:7.3f}s  diffusers {mr:7.3f}s  ratio {mo / mr:.3f} (of min {row['ratio_of_min']:.3f})",
                       flush=True)
+                save()
             if ref is not ref32:
                 del ref
         del ref32, loaded
@@ -152,13 +163,7 @@ def main():
         print(f"| {k} | {v['max_abs_diff_vs_diffusers']:.2e} | {v['cosine_vs_diffusers']:.6f} | "
               f"{v['cosine_ours_vs_fp32']:.6f} | {v['cosine_diffusers_vs_fp32']:.6f} |")
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    data = json.loads(out.read_text()) if out.exists() else {}
-    data[args.tag] = dict(
-        machine=dict(cpu=platform.processor() or platform.machine(), threads=args.threads, torch=torch.__version__),
-        latent=LATENT, text_len=TEXT_LEN, reps=args.reps, warmup=args.warmup, rows=rows, numerics=numerics)
-    out.write_text(json.dumps(data, indent=1))
+    save()
     print(f"\nwrote {out} [{args.tag}]")
 
 
