@@ -12,6 +12,7 @@ or a weights-only .pth/.pt. It
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -310,17 +311,7 @@ def load_dit(
         at call time (low-memory mode).
     config: overrides for what the weights cannot tell (num_heads, text_len, model_type, variant...).
     """
-    tensors, config_json, hints = open_dit_source(source)
-    path = getattr(tensors, "path", source)
-    name_map, layout = official_key_map(tensors.keys(), path)
-    weight_names = {k for k in name_map if not k.endswith((".scale_weight", ".weight_scale"))}
-    cfg = detect_config(lambda k: tuple(tensors.shape(name_map[k])), weight_names, config_json, hints, path, config)
-    if config:
-        merged = cfg.as_dict()
-        merged.update(config)
-        cfg = WanConfig.from_dict(merged)
-    cfg.extras = dict(cfg.extras, layout=layout)
-
+    tensors, name_map, cfg, path = _inspect(source, config)
     compute_dtype = _resolve_dtype(dtype) or _default_compute_dtype(tensors, name_map)
     storage = weight_dtype
     if storage is not None and storage != "file":
@@ -330,12 +321,16 @@ def load_dit(
     with torch.device("meta"):
         model = WanDiT(cfg)
     expected = {k for k in model.state_dict()}
-    _check_keys(expected, weight_names, path)
+    _check_keys(expected, _weight_names(name_map), path)
 
     scaled_file = "scaled_fp8" in {k.rsplit(".", 1)[-1] if "." in k else k for k in tensors.keys()}
     params = dict(model.named_parameters())
+    # Tensors are read into one reused scratch buffer and copied/converted into their final memory:
+    # freeing a fresh read buffer per tensor would leave the heap fragmented (RSS stays high).
+    largest = max(math.prod(tensors.shape(name_map[n])) * tensors.dtype(name_map[n]).itemsize for n in expected)
+    scratch = torch.empty(largest, dtype=torch.uint8)
     for name in sorted(expected, key=_numeric_order):
-        raw = tensors.read(name_map[name])
+        raw = tensors.read(name_map[name], scratch)
         if tuple(raw.shape) != tuple(params[name].shape):
             raise CheckpointError(
                 f"{path}: tensor {name!r} has shape {tuple(raw.shape)}, expected {tuple(params[name].shape)} "
@@ -344,8 +339,11 @@ def load_dit(
         scale = _read_scale(tensors, name_map, name)
         castable = isinstance(model.get_submodule(name.rpartition(".")[0]), (CastLinear, CastConv3d))
         tensor, kept_scale = _convert(name, raw, scale, compute_dtype, storage, scaled_file, castable)
+        if tensor.untyped_storage().data_ptr() == scratch.untyped_storage().data_ptr():
+            tensor = tensor.clone()  # still in the scratch buffer: give it memory of its own
         _assign(model, name, tensor.to(device), kept_scale.to(device) if kept_scale is not None else None)
         del raw
+    del scratch
     model.compute_dtype_override = compute_dtype
     model.eval().requires_grad_(False)
     return model
@@ -383,29 +381,27 @@ def _convert(name, raw, scale, compute_dtype, storage, scaled_file, castable):
     """-> (tensor to store, scale to keep for call-time dequantization or None).
 
     `castable`: the owning module casts its weight at call time (CastLinear / CastConv3d), so the
-    weight may stay in a storage dtype other than the compute dtype.
+    weight may stay in a storage dtype other than the compute dtype. Only the large block Linear
+    weights ("small" below) take the storage dtype; norms, biases, embeddings stay in compute dtype.
     """
-    is_fp8 = raw.dtype in FP8_DTYPES
-    if scaled_file and is_fp8 and scale is None:
-        scale = torch.ones(())  # a Linear without scale in a scaled file uses 1.0
-    quantizable = (castable and name.endswith(".weight") and raw.ndim == 2
-                   and not any(p in name for p in HIGH_PRECISION_PATTERNS))
-    if storage == "file" and is_fp8 and castable:
-        return raw, scale
-    if isinstance(storage, torch.dtype) and storage in FP8_DTYPES and quantizable:
-        w = raw.float() * scale if scale is not None else raw.float()
-        amax = w.abs().max().clamp(min=1e-12)
-        new_scale = amax / torch.finfo(storage).max
-        return (w / new_scale).to(storage), new_scale
-    if is_fp8:
-        w = raw.float() * scale if scale is not None else raw.float()
-        target = storage if isinstance(storage, torch.dtype) and quantizable else compute_dtype
-        return w.to(target), None
-    if storage == "file" and quantizable:
-        return raw, None
-    if isinstance(storage, torch.dtype) and quantizable:
-        return raw.to(storage), None
-    return (raw if raw.dtype == compute_dtype else raw.to(compute_dtype)), None
+    small = (castable and name.endswith(".weight") and raw.ndim == 2
+             and not any(p in name for p in HIGH_PRECISION_PATTERNS))
+    if raw.dtype in FP8_DTYPES:
+        if scaled_file and scale is None:
+            scale = torch.ones(())  # a Linear without scale in a scaled file uses 1.0
+        if storage == "file" and castable:
+            return raw, scale  # stays fp8; dequantized per call
+        value = raw.float() * scale if scale is not None else raw.float()
+    else:
+        value = raw
+    if small and storage == "file":
+        return value, None
+    if small and isinstance(storage, torch.dtype):
+        if storage in FP8_DTYPES:  # quantize on load with a per-tensor scale, as ComfyUI's scaled fp8
+            new_scale = value.float().abs().max().clamp(min=1e-12) / torch.finfo(storage).max
+            return (value.float() / new_scale).to(storage), new_scale
+        return value.to(storage), None
+    return (value if value.dtype == compute_dtype else value.to(compute_dtype)), None
 
 
 def _assign(model, name, tensor, scale):
@@ -438,13 +434,24 @@ def _resolve_dtype(d):
     raise ValueError(f"unknown dtype {d!r}; expected one of {sorted(_DTYPE_NAMES)} or a torch.dtype")
 
 
-def load_dit_config(source) -> WanConfig:
+def load_dit_config(source, config: dict | None = None) -> WanConfig:
     """Detect the architecture of a checkpoint without reading its weights."""
+    return _inspect(source, config)[2]
+
+
+def _inspect(source, config: dict | None):
+    """Open a source and resolve its architecture: -> (tensors, official->stored name map, config, path)."""
     tensors, config_json, hints = open_dit_source(source)
     path = getattr(tensors, "path", source)
     name_map, layout = official_key_map(tensors.keys(), path)
-    cfg = detect_config(lambda k: tuple(tensors.shape(name_map[k])), set(name_map), config_json, hints, path)
+    shape_of = lambda k: tuple(tensors.shape(name_map[k]))  # noqa: E731
+    cfg = detect_config(shape_of, _weight_names(name_map), config_json, hints, path, config)
+    if config:
+        cfg = WanConfig.from_dict({**cfg.as_dict(), **config})
     cfg.extras = dict(cfg.extras, layout=layout)
-    return cfg
+    return tensors, name_map, cfg, path
 
 
+def _weight_names(name_map) -> set:
+    """Official names of the module's own tensors (fp8 scales ride along with their weights)."""
+    return {k for k in name_map if not k.endswith((".scale_weight", ".weight_scale"))}

@@ -80,10 +80,14 @@ class SafetensorsFile:
     def dtype(self, key) -> torch.dtype:
         return self._entries[key][0]
 
-    def read(self, key) -> torch.Tensor:
-        """Read one tensor into freshly allocated CPU memory."""
+    def read(self, key, scratch: torch.Tensor | None = None) -> torch.Tensor:
+        """Read one tensor into freshly allocated CPU memory, or into `scratch` (a uint8 buffer the
+        caller reuses for tensors it converts anyway: the result is only valid until the next read)."""
         dtype, shape, begin, end = self._entries[key]
-        buf = torch.empty(end - begin, dtype=torch.uint8)
+        if scratch is not None and scratch.numel() >= end - begin:
+            buf = scratch[: end - begin]
+        else:
+            buf = torch.empty(end - begin, dtype=torch.uint8)
         if end > begin:
             with open(self.path, "rb") as f:
                 f.seek(self._data_start + begin)
@@ -130,8 +134,8 @@ class PickleFile:
     def dtype(self, key) -> torch.dtype:
         return self._tensors[key].dtype
 
-    def read(self, key) -> torch.Tensor:
-        return self._tensors[key]
+    def read(self, key, scratch=None) -> torch.Tensor:
+        return self._tensors[key]  # memory-mapped: nothing to reuse
 
 
 def _find_state_dict(obj, path) -> dict:
@@ -170,8 +174,8 @@ class MultiFile:
     def dtype(self, key):
         return self._owner[key].dtype(key)
 
-    def read(self, key):
-        return self._owner[key].read(key)
+    def read(self, key, scratch=None):
+        return self._owner[key].read(key, scratch)
 
 
 def open_tensor_file(path: str | os.PathLike):
