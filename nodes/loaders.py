@@ -1,6 +1,8 @@
 """Loader nodes: files in ComfyUI's model folders -> wan_core models."""
 from __future__ import annotations
 
+import torch
+
 from ..wan_core import load_dit
 from .comfy_bridge import ModelHandle, list_model_files, model_file_path
 
@@ -42,15 +44,24 @@ class WanFlowLoadDiffusionModel:
                 }),
                 "compute_dtype": (list(COMPUTE_DTYPES), {
                     "default": "auto",
-                    "tooltip": "Precision of the matrix math. auto: the file's dtype (bf16 for fp8 files).",
+                    "tooltip": "Precision of the matrix math. auto: bf16 on a GPU (fp16 where bf16 is unsupported); on the CPU the file's dtype (bf16 for fp8 files).",
                 }),
             }
         }
 
     def load(self, model_name, weight_dtype="default", compute_dtype="auto"):
         path = model_file_path("diffusion_models", model_name)
-        model = load_dit(path, dtype=COMPUTE_DTYPES[compute_dtype], weight_dtype=WEIGHT_DTYPES[weight_dtype])
+        dtype = COMPUTE_DTYPES[compute_dtype] or auto_compute_dtype()
+        model = load_dit(path, dtype=dtype, weight_dtype=WEIGHT_DTYPES[weight_dtype])
         return (ModelHandle(model, name=model_name),)
+
+
+def auto_compute_dtype():
+    """bf16 (or fp16) on a GPU: official Wan files are often fp32, 4x the memory of what is needed.
+    None on the CPU: load_dit then computes in the file's dtype."""
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return None
 
 
 class WanFlowModelInfo:

@@ -182,8 +182,8 @@ def rope_frequencies(grid: tuple[int, int, int], head_dim: int, device=None) -> 
     return torch.polar(torch.ones_like(angles), angles).unsqueeze(1)
 
 
-def rope_tables(grid: tuple[int, int, int], head_dim: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """fp32 (cos, signed sin) [L, 1, head_dim] for `apply_rope`, computed in float64 then rounded once.
+def rope_tables(grid: tuple[int, int, int], head_dim: int, device=None, dtype=torch.float64):
+    """(cos, signed sin) [L, 1, head_dim] for `apply_rope`, computed in float64, stored in `dtype`.
 
     Pair j occupies real elements (2j, 2j+1): cos is repeated on both, sin is stored as (-sin, +sin)
     so that rotation = x * cos + swap_pairs(x) * sin.
@@ -191,20 +191,20 @@ def rope_tables(grid: tuple[int, int, int], head_dim: int, device=None) -> tuple
     angles = rope_angles(grid, head_dim, device)
     cos = angles.cos().repeat_interleave(2, dim=-1)
     sin = torch.stack([-angles.sin(), angles.sin()], dim=-1).flatten(-2)
-    return cos.float().unsqueeze(1), sin.float().unsqueeze(1)
+    return cos.to(dtype).unsqueeze(1), sin.to(dtype).unsqueeze(1)
 
 
 def apply_rope(x: torch.Tensor, tables: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """Rotate interleaved pairs (2j, 2j+1) of x [B, L, heads, head_dim]; returns x's dtype.
+    """Rotate interleaved pairs (2j, 2j+1) of x [B, L, heads, head_dim] in the tables' dtype.
 
-    Upstream rotates in complex128. We use real fp32 arithmetic with float64-derived tables: three
-    passes over x instead of two float64 round trips and a complex multiply; the result differs from
-    the float64 rotation by <= 1 fp32 rounding per element (well below the 1e-4 parity budget).
+    Same arithmetic as upstream's complex multiply, written with real tensors (cheaper than
+    view_as_complex round trips). The model passes float64 tables when it computes in fp32, as
+    upstream does, and fp32 tables in 16-bit modes, where the extra precision is lost anyway.
     """
     cos, sin = tables
-    xf = x.float()
-    swapped = xf.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (x1, x0) per pair
-    return torch.addcmul(xf * cos, swapped, sin).to(x.dtype)
+    xm = x.to(cos.dtype)
+    swapped = xm.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (x1, x0) per pair
+    return torch.addcmul(xm * cos, swapped, sin).to(x.dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -352,9 +352,11 @@ class WanDiT(nn.Module):
         return dtype if dtype.is_floating_point and dtype.itemsize >= 2 else torch.bfloat16
 
     def _rope(self, grid, device) -> tuple[torch.Tensor, torch.Tensor]:
-        key = (tuple(grid), str(device))
+        # float64 rotation in fp32 mode (official numerics); fp32 is plenty for 16-bit compute
+        math_dtype = torch.float64 if self.compute_dtype == torch.float32 else torch.float32
+        key = (tuple(grid), str(device), math_dtype)
         if key not in self._rope_cache:
-            self._rope_cache = {key: rope_tables(grid, self.config.head_dim, device)}
+            self._rope_cache = {key: rope_tables(grid, self.config.head_dim, device, math_dtype)}
         return self._rope_cache[key]
 
     def _time_embedding(self, timestep: torch.Tensor):
