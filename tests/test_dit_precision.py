@@ -69,3 +69,12 @@ def test_per_token_timestep_equals_scalar_when_uniform(tiny_models):
     scalar = dict(inputs, timestep=torch.tensor([321.0]))
     assert_close(run(model, per_token), run(model, scalar), tol=1e-6, what="uniform per-token t")
     assert not torch.allclose(run(model, inputs), run(model, scalar), atol=1e-3)
+
+
+def test_compute_dtype_follows_model_to(tmp_path, tiny_models):
+    model = tiny_models["t2v"]
+    loaded = load_dit(save_official(model.state_dict(), model.config, tmp_path / "m"))
+    assert loaded.compute_dtype == torch.float32
+    assert loaded.to(torch.bfloat16).compute_dtype == torch.bfloat16
+    inputs = example_inputs(model.config)
+    assert cosine(run(loaded, inputs), run(model, inputs)) > 0.999

@@ -344,7 +344,10 @@ def load_dit(
         _assign(model, name, tensor.to(device), kept_scale.to(device) if kept_scale is not None else None)
         del raw
     del scratch
-    model.compute_dtype_override = compute_dtype
+    if model.patch_embedding.weight.dtype != compute_dtype:
+        # weights kept in a storage dtype (fp8 file): pin the compute dtype. Otherwise leave it
+        # derived from the weights, so a later model.to(dtype) changes it as expected.
+        model.compute_dtype_override = compute_dtype
     model.eval().requires_grad_(False)
     return model
 
