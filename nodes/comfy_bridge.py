@@ -1,9 +1,9 @@
 """The few ComfyUI services the nodes use, with plain fallbacks so the nodes also work outside ComfyUI.
 
 Everything ComfyUI-specific is imported lazily here and nowhere else: model folders
-(`folder_paths`), the memory manager (`comfy.model_management` + `ModelPatcher`), progress bars and
-interruption. Outside ComfyUI the model folders are `$WANFLOW_MODELS_DIR/<category>` (default
-`./models/<category>`), models stay on the CPU and progress is silent.
+(`folder_paths`) and the memory manager (`comfy.model_management` + `ModelPatcher`). Outside ComfyUI
+the model folders are `$WANFLOW_MODELS_DIR/<category>` (default `./models/<category>`) and models
+stay on the CPU.
 """
 from __future__ import annotations
 

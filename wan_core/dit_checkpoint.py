@@ -380,6 +380,17 @@ def _read_scale(tensors, name_map, name):
     return None
 
 
+def is_block_linear_weight(name: str, tensor: torch.Tensor) -> bool:
+    """The large Linear weights that fp8 files quantize; norms, biases, embeddings, head stay high precision."""
+    return name.endswith(".weight") and tensor.ndim == 2 and not any(p in name for p in HIGH_PRECISION_PATTERNS)
+
+
+def quantize_fp8(w: torch.Tensor, dtype=torch.float8_e4m3fn) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-tensor scaled fp8, as ComfyUI's fp8_scaled files: -> (w / s in fp8, s = max|w| / fp8 max)."""
+    scale = w.float().abs().max().clamp(min=1e-12) / torch.finfo(dtype).max
+    return (w.float() / scale).to(dtype), scale
+
+
 def _convert(name, raw, scale, compute_dtype, storage, scaled_file, castable):
     """-> (tensor to store, scale to keep for call-time dequantization or None).
 
@@ -387,8 +398,7 @@ def _convert(name, raw, scale, compute_dtype, storage, scaled_file, castable):
     weight may stay in a storage dtype other than the compute dtype. Only the large block Linear
     weights ("small" below) take the storage dtype; norms, biases, embeddings stay in compute dtype.
     """
-    small = (castable and name.endswith(".weight") and raw.ndim == 2
-             and not any(p in name for p in HIGH_PRECISION_PATTERNS))
+    small = castable and is_block_linear_weight(name, raw)
     if raw.dtype in FP8_DTYPES:
         if scaled_file and scale is None:
             scale = torch.ones(())  # a Linear without scale in a scaled file uses 1.0
@@ -400,9 +410,8 @@ def _convert(name, raw, scale, compute_dtype, storage, scaled_file, castable):
     if small and storage == "file":
         return value, None
     if small and isinstance(storage, torch.dtype):
-        if storage in FP8_DTYPES:  # quantize on load with a per-tensor scale, as ComfyUI's scaled fp8
-            new_scale = value.float().abs().max().clamp(min=1e-12) / torch.finfo(storage).max
-            return (value.float() / new_scale).to(storage), new_scale
+        if storage in FP8_DTYPES:  # quantize on load with a per-tensor scale
+            return quantize_fp8(value, storage)
         return value.to(storage), None
     return (value if value.dtype == compute_dtype else value.to(compute_dtype)), None
 

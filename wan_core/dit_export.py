@@ -15,10 +15,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from .dit_checkpoint import HIGH_PRECISION_PATTERNS
+from .dit_checkpoint import is_block_linear_weight, quantize_fp8
 from .model import WanConfig
-
-FP8_MAX = torch.finfo(torch.float8_e4m3fn).max  # 448
 
 
 def atomic_write(path: str | os.PathLike, write) -> Path:
@@ -82,13 +80,10 @@ def comfyui_state_dict(state_dict: dict, *, dtype=torch.float16, fp8: str | None
     """
     out = {}
     for name, w in state_dict.items():
-        quantize = fp8 and name.endswith(".weight") and w.ndim == 2 and not any(p in name for p in HIGH_PRECISION_PATTERNS)
-        if not quantize:
+        if not (fp8 and is_block_linear_weight(name, w)):
             out[prefix + name] = w.to(dtype)
         elif fp8 == "scaled":
-            scale = (w.float().abs().max() / FP8_MAX).clamp(min=1e-12)
-            out[prefix + name] = (w.float() / scale).to(torch.float8_e4m3fn)
-            out[prefix + name[: -len("weight")] + "scale_weight"] = scale.reshape(())
+            out[prefix + name], out[prefix + name[: -len("weight")] + "scale_weight"] = quantize_fp8(w)
         else:
             out[prefix + name] = w.to({"e4m3fn": torch.float8_e4m3fn, "e5m2": torch.float8_e5m2}[fp8])
     if fp8 == "scaled":
