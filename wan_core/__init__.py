@@ -3,6 +3,7 @@
 Importing this package is cheap; submodules load torch-heavy pieces only when used.
 """
 from .attention import attention, register_attention_backend, set_attention_backend
+from .clip_vision import WanClipVision, load_clip_vision
 from .dit_checkpoint import load_dit, load_dit_config
 from .model import WanConfig, WanDiT
 from .tensor_files import CheckpointError
@@ -10,5 +11,6 @@ from .tensor_files import CheckpointError
 __all__ = [
     "WanConfig", "WanDiT", "load_dit", "load_dit_config", "CheckpointError",
     "attention", "register_attention_backend", "set_attention_backend",
+    "load_clip_vision", "WanClipVision",
 ]
 __version__ = "0.1.0"

@@ -49,3 +49,17 @@ def diffusers_forward(model, cfg: WanConfig, x, timestep, context, clip_fea=None
         clip_fea = clip_fea.reshape(-1, 257, clip_fea.shape[-1])
     with torch.no_grad():
         return model(x, timestep, context, encoder_hidden_states_image=clip_fea, return_dict=False)[0]
+
+
+def diffusers_vae(vae):
+    """A diffusers AutoencoderKLWan holding the same weights as our WanVAE `vae` (same dtype)."""
+    from diffusers import AutoencoderKLWan
+
+    from .tiny_vae import diffusers_vae_kwargs
+    from .vae_checkpoint import official_key_map
+
+    ref = AutoencoderKLWan(**diffusers_vae_kwargs(vae.config))
+    ours = vae.state_dict()
+    names = official_key_map(list(ref.state_dict()))
+    ref.load_state_dict({key: ours[name] for name, key in names.items()}, strict=True)
+    return ref.to(vae.dtype).eval().requires_grad_(False)

@@ -1,0 +1,495 @@
+"""The CLIP vision tower Wan 2.1 I2V / FLF2V condition on (open-clip XLM-RoBERTa ViT-H/14, visual part).
+
+Wan feeds the DiT the *penultimate* hidden states of a ViT-H/14: for a 224x224 image, 1 CLS + 16x16
+patch tokens of width 1280 -> `clip_fea [N, 257, 1280]`. No post-LayerNorm, no projection, CLS kept.
+FLF2V encodes first and last frame as a batch of 2 and the DiT concatenates them along tokens.
+
+The tower runs as transformers' `CLIPVisionModel`; this module maps the weights users have onto it:
+
+* official `models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth`: `visual.*` names with a fused
+  `to_qkv` (split q, k, v in that order), `cls_embedding (1,1,W)` (flattened), `pos_embedding (1,T,W)`
+  (squeezed); `textual.*`, `log_scale` and the unused `visual.head` projection are ignored;
+* ComfyUI `clip_vision_h.safetensors`: HF names under `vision_model.` (often fp16), with an ignored
+  `visual_projection.weight`;
+* an HF folder (config.json + model.safetensors, names with or without `vision_model.`; a full
+  `CLIPModel` folder also works, its text tower is ignored).
+
+Architecture is read from the tensor shapes: width, layers, MLP size, patch size, and the image size
+(sqrt(positions - 1) * patch; 224 for ViT-H/14, which is also the resize target of the preprocessing).
+The head count cannot be read from shapes. Rule, first that applies: the caller's
+`config={"num_attention_heads": n}`, the HF config.json, the safetensors metadata key
+`num_attention_heads` (written by our own writers, `tiny_clip`), then the released CLIP towers'
+widths (1280 -> 16 heads of 80 for ViT-H; 768/1024/1408/1664 for ViT-B/L/g/bigG); anything else is an
+error rather than a guess. GELU is exact ("gelu") and LayerNorm eps 1e-5, as in ViT-H, except where an
+HF config.json says otherwise (read with transformers' meaning: no hidden_act there means quick_gelu).
+
+Preprocessing is the official one (`official_preprocess`): images in [-1, 1], plain bicubic resize to
+image_size x image_size (no antialias, no crop, aspect not kept), back to [0, 1], CLIP mean/std.
+ComfyUI's own CLIPVisionEncode differs (antialias, center crop, 8-bit rounding); we follow the official.
+The official model runs under fp16 autocast on GPU; here everything runs in the module's dtype.
+`encode` stops after the penultimate block: the last block and post_layernorm are loaded (strict
+loading) but never run.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .dit_checkpoint import _resolve_dtype
+from .tensor_files import CheckpointError, MultiFile, open_tensor_file
+
+if TYPE_CHECKING:  # transformers is imported lazily: importing wan_core stays cheap
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+HEADS_METADATA_KEY = "num_attention_heads"
+# Head counts of released CLIP vision towers by width (ViT-B, ViT-L, ViT-H, ViT-g, ViT-bigG).
+KNOWN_HEADS = {768: 12, 1024: 16, 1280: 16, 1408: 16, 1664: 16}
+CONFIG_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                 "image_size", "patch_size", "num_channels", "hidden_act", "layer_norm_eps")
+
+# Keys outside the vision tower that a CLIP file may carry and we leave alone.
+_IGNORED_OFFICIAL = re.compile(r"^(textual\..*|log_scale|visual\.head)$")
+_IGNORED_HF = re.compile(r"^(visual_projection\.weight|text_projection\.weight|logit_scale|text_model\..*"
+                         r"|(vision_model\.)?embeddings\.position_ids)$")
+# Official (`visual.` stripped) -> HF CLIPVisionModel names; q/k/v come from one fused tensor.
+_OFFICIAL_RENAMES = [
+    (r"^pre_norm\.", "pre_layrnorm."),
+    (r"^post_norm\.", "post_layernorm."),
+    (r"^patch_embedding\.weight$", "embeddings.patch_embedding.weight"),
+    (r"^transformer\.(\d+)\.norm([12])\.", r"encoder.layers.\1.layer_norm\2."),
+    (r"^transformer\.(\d+)\.attn\.proj\.", r"encoder.layers.\1.self_attn.out_proj."),
+    (r"^transformer\.(\d+)\.mlp\.0\.", r"encoder.layers.\1.mlp.fc1."),
+    (r"^transformer\.(\d+)\.mlp\.2\.", r"encoder.layers.\1.mlp.fc2."),
+]
+_OFFICIAL_RENAMES = [(re.compile(p), r) for p, r in _OFFICIAL_RENAMES]
+_QKV = re.compile(r"^transformer\.(\d+)\.attn\.to_qkv\.(weight|bias)$")
+
+# Marker keys of other model kinds, for a clear error when one is passed here.
+_OTHER_KINDS = [  # most specific first: markers match a key or a key's dotted suffix
+    ("visual.conv1.weight", "an open_clip checkpoint in open_clip's native layout (not supported: use the "
+                            "official Wan .pth, ComfyUI's clip_vision_h.safetensors or an HF folder)"),
+    ("textual.token_embedding.weight", "only the XLM-RoBERTa text tower of the CLIP model (no `visual.*`)"),
+    ("text_model.embeddings.token_embedding.weight", "a CLIP text model (no vision tower)"),
+    ("head.modulation", "a Wan diffusion model (DiT)"),
+    ("blocks.0.self_attn.q.weight", "a Wan diffusion model (DiT)"),
+    ("scale_shift_table", "a Wan diffusion model (DiT, diffusers layout)"),
+    ("decoder.middle.0.residual.0.gamma", "a Wan VAE"),
+    ("decoder.mid_block.resnets.0.norm1.gamma", "a Wan VAE (diffusers layout)"),
+    ("encoder.block.0.layer.0.SelfAttention.q.weight", "a T5/UMT5 text encoder"),
+    ("token_embedding.weight", "a UMT5 text encoder (official layout)"),
+    ("shared.weight", "a T5/UMT5 text encoder"),
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Preprocessing (official) and input checks
+# --------------------------------------------------------------------------------------------
+
+
+def official_preprocess(images: torch.Tensor, size: int = 224) -> torch.Tensor:
+    """[N, 3, H, W] in [-1, 1] -> normalized pixel values [N, 3, size, size] in fp32, as the official
+    code: bicubic resize (align_corners False, no antialias, no crop), x*0.5+0.5, CLIP mean/std."""
+    x = F.interpolate(images.float(), size=(size, size), mode="bicubic", align_corners=False)
+    x = x * 0.5 + 0.5
+    mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def _check_images(images, *, comfy: bool) -> None:
+    want = "a ComfyUI IMAGE [N, H, W, 3] in 0..1" if comfy else "images [N, 3, H, W] in [-1, 1]"
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"expected {want} as a torch.Tensor, got {type(images).__name__}")
+    shape = tuple(images.shape)
+    if images.ndim != 4:
+        raise ValueError(f"expected {want}, got a {images.ndim}-D tensor of shape {shape}")
+    if not images.is_floating_point():
+        raise ValueError(f"expected {want} as a floating tensor, got {images.dtype} (shape {shape}); "
+                         f"convert 8-bit pixels first")
+    channels = shape[3] if comfy else shape[1]
+    if channels != 3:
+        if comfy and shape[1] == 3:
+            raise ValueError(f"expected {want}, got shape {shape}: this looks like [N, 3, H, W]; "
+                             f"use encode() for channel-first images in [-1, 1]")
+        if not comfy and shape[-1] in (3, 4):
+            raise ValueError(f"expected {want}, got shape {shape}: this looks like a ComfyUI IMAGE "
+                             f"[N, H, W, C]; use encode_comfy_image() (0..1, channel-last)")
+        raise ValueError(f"expected {want}: 3 (RGB) channels, got {channels} (shape {shape})")
+    if images.numel() == 0:
+        raise ValueError(f"expected {want}, got an empty tensor of shape {shape}")
+    lo, hi = images.min().item(), images.max().item()
+    low, high = (0.0, 1.0) if comfy else (-1.0, 1.0)
+    if lo < low - 1e-3 or hi > high + 1e-3 or math.isnan(lo) or math.isnan(hi):
+        hint = " (0..255 pixels? divide by 255)" if comfy else " (0..1 images: use x*2-1; 0..255: x/127.5-1)"
+        raise ValueError(f"expected {want}, got values in [{lo:.4g}, {hi:.4g}]{hint}")
+
+
+# --------------------------------------------------------------------------------------------
+# The encoder
+# --------------------------------------------------------------------------------------------
+
+
+def vision_tower(vision: "CLIPVisionModel") -> nn.Module:
+    """The module holding embeddings/encoder: the model itself in transformers 5, `.vision_model` in 4.x.
+    Its parameter names are the HF names without the `vision_model.` prefix."""
+    return getattr(vision, "vision_model", vision)
+
+
+def _run_layer(layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    # transformers 4.x: layer(h, mask, causal_mask) -> (h,); 5.x: layer(h, mask) -> h
+    if "causal_attention_mask" in inspect.signature(layer.forward).parameters:
+        out = layer(h, None, None)
+    else:
+        out = layer(h, None)
+    return out[0] if isinstance(out, tuple) else out
+
+
+class WanClipVision(nn.Module):
+    """A transformers `CLIPVisionModel` that returns Wan's CLIP features (penultimate hidden states)."""
+
+    def __init__(self, vision: "CLIPVisionModel", *, layout: str = "memory", source: str | None = None):
+        super().__init__()
+        self.vision = vision
+        self.layout = layout  # where the weights came from: official | comfyui | hf | memory
+        self.source = source
+
+    @property
+    def config(self) -> "CLIPVisionConfig":
+        return self.vision.config
+
+    @property
+    def image_size(self) -> int:
+        return self.vision.config.image_size
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return vision_tower(self.vision).embeddings.patch_embedding.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return vision_tower(self.vision).embeddings.patch_embedding.weight.device
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Preprocessed pixels [N, 3, S, S] -> penultimate hidden states [N, 1 + (S/patch)^2, width].
+        Equals HF `hidden_states[-2]`; the last block is skipped instead of computed and dropped."""
+        v = vision_tower(self.vision)
+        h = v.pre_layrnorm(v.embeddings(pixel_values.to(self.device, self.dtype)))
+        for layer in v.encoder.layers[:-1]:
+            h = _run_layer(layer, h)
+        return h
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """images [N, 3, H, W] in [-1, 1] (any size) -> clip_fea [N, 257, 1280] for ViT-H, in self.dtype.
+        Batch-friendly: FLF2V passes first and last frame as N=2."""
+        _check_images(images, comfy=False)
+        return self(official_preprocess(images.to(self.device), self.image_size))
+
+    def encode_comfy_image(self, image: torch.Tensor) -> torch.Tensor:
+        """ComfyUI IMAGE [N, H, W, 3] in 0..1 -> clip_fea, with the official preprocessing."""
+        _check_images(image, comfy=True)
+        return self.encode(image.permute(0, 3, 1, 2) * 2.0 - 1.0)
+
+
+def wrap_clip_vision_model(vision: "CLIPVisionModel") -> WanClipVision:
+    """An in-memory `CLIPVisionModel` as a WanClipVision (eval mode, no grad)."""
+    return WanClipVision(vision).eval().requires_grad_(False)
+
+
+# --------------------------------------------------------------------------------------------
+# Key mapping: stored names -> HF CLIPVisionModel parameter names
+# --------------------------------------------------------------------------------------------
+
+# A stored tensor becomes an HF parameter by an op: "" (as is), "q"/"k"/"v" (a third of a fused
+# qkv), "flatten" (cls (1,1,W) -> (W,)) or "squeeze0" (pos (1,T,W) -> (T,W)).
+
+
+def clip_key_map(keys, path) -> tuple[dict[str, tuple[str, str]], str, list[str]]:
+    """-> ({hf_name: (stored_key, op)}, layout, ignored keys). Unknown keys are kept under their
+    stored name so that the strict check reports them as unexpected."""
+    keys = list(keys)
+    keyset = set(keys)
+    if "visual.patch_embedding.weight" in keyset and "visual.pre_norm.weight" in keyset:
+        return _official_map(keys)
+    for prefix in ("vision_model.", ""):
+        if prefix + "embeddings.patch_embedding.weight" in keyset and prefix + "pre_layrnorm.weight" in keyset:
+            name_map, ignored = {}, []
+            for k in keys:
+                if _IGNORED_HF.match(k):
+                    ignored.append(k)
+                else:
+                    name_map[k[len(prefix):] if k.startswith(prefix) else k] = (k, "")
+            return name_map, "hf-names", ignored
+    _raise_not_clip(keyset, path)
+
+
+def _official_map(keys):
+    name_map, ignored = {}, []
+    for k in keys:
+        if _IGNORED_OFFICIAL.match(k):
+            ignored.append(k)
+            continue
+        if not k.startswith("visual."):
+            name_map[k] = (k, "")  # unexpected
+            continue
+        name = k[len("visual."):]
+        if name == "cls_embedding":
+            name_map["embeddings.class_embedding"] = (k, "flatten")
+        elif name == "pos_embedding":
+            name_map["embeddings.position_embedding.weight"] = (k, "squeeze0")
+        elif m := _QKV.match(name):
+            for part in "qkv":
+                name_map[f"encoder.layers.{m[1]}.self_attn.{part}_proj.{m[2]}"] = (k, part)
+        else:
+            for pattern, repl in _OFFICIAL_RENAMES:
+                new, n = pattern.subn(repl, name)
+                if n:
+                    name_map[new] = (k, "")
+                    break
+            else:
+                name_map[k] = (k, "")  # unexpected, reported under its stored name
+    return name_map, "official", ignored
+
+
+def _stored_name(hf_name: str, layout: str, prefix: str) -> str:
+    """The name a missing HF parameter has in the file's own layout (for error messages)."""
+    if layout != "official":
+        return prefix + hf_name
+    fixed = {"embeddings.class_embedding": "cls_embedding", "embeddings.position_embedding.weight": "pos_embedding",
+             "embeddings.patch_embedding.weight": "patch_embedding.weight"}
+    name = fixed.get(hf_name, hf_name)
+    for pattern, repl in [(r"^pre_layrnorm\.", "pre_norm."), (r"^post_layernorm\.", "post_norm."),
+                          (r"^encoder\.layers\.(\d+)\.", r"transformer.\1."), (r"layer_norm([12])\.", r"norm\1."),
+                          (r"self_attn\.[qkv]_proj\.", "attn.to_qkv."), (r"self_attn\.out_proj\.", "attn.proj."),
+                          (r"mlp\.fc1\.", "mlp.0."), (r"mlp\.fc2\.", "mlp.2.")]:
+        name = re.sub(pattern, repl, name)
+    return "visual." + name
+
+
+def _raise_not_clip(keys: set, path):
+    for marker, what in _OTHER_KINDS:
+        if any(k == marker or k.endswith("." + marker) for k in keys):
+            raise CheckpointError(
+                f"{path}: this file looks like {what}, not a CLIP vision model; expected the Wan CLIP .pth "
+                f"('visual.patch_embedding.weight') or clip_vision_h ('vision_model.embeddings.patch_embedding.weight')"
+            )
+    raise CheckpointError(
+        f"{path}: unknown layout - expected a CLIP vision tower with 'visual.patch_embedding.weight' (official "
+        f"Wan .pth) or 'vision_model.embeddings.patch_embedding.weight' (ComfyUI/HF); found {len(keys)} keys "
+        f"such as {sorted(keys)[:5]}"
+    )
+
+
+def _mapped_shape(shape: tuple, op: str) -> tuple:
+    if op in ("q", "k", "v"):
+        return (shape[0] // 3, *shape[1:])
+    if op == "flatten":
+        return (math.prod(shape),)
+    if op == "squeeze0":
+        return tuple(shape[1:]) if len(shape) == 3 and shape[0] == 1 else tuple(shape)
+    return tuple(shape)
+
+
+def _apply_op(raw: torch.Tensor, op: str) -> torch.Tensor:
+    if op in ("q", "k", "v"):
+        return raw.chunk(3, dim=0)["qkv".index(op)]  # q first, as the official attention splits it
+    if op == "flatten":
+        return raw.reshape(-1)
+    if op == "squeeze0":
+        return raw.squeeze(0) if raw.ndim == 3 else raw
+    return raw
+
+
+# --------------------------------------------------------------------------------------------
+# Config inference
+# --------------------------------------------------------------------------------------------
+
+
+def infer_clip_config(shape_of: Mapping[str, tuple], *, path=None, config_json: dict | None = None,
+                      metadata: Mapping[str, str] | None = None, overrides: Mapping | None = None) -> "CLIPVisionConfig":
+    """Build a `CLIPVisionConfig` from HF-named tensor shapes. config.json (HF semantics) and the
+    caller's `overrides` may set heads, activation and eps; shape-given fields must agree with them."""
+    from transformers import CLIPVisionConfig
+
+    def shape(name):
+        if name not in shape_of:
+            raise CheckpointError(f"{path}: incomplete CLIP vision tower - missing {name!r}")
+        return tuple(shape_of[name])
+
+    pe = shape("embeddings.patch_embedding.weight")
+    if len(pe) != 4 or pe[2] != pe[3]:
+        raise CheckpointError(f"{path}: patch_embedding.weight should be a square Conv2d kernel (W, 3, p, p), found {pe}")
+    width, channels, patch = pe[0], pe[1], pe[2]
+    positions = shape("embeddings.position_embedding.weight")
+    grid = math.isqrt(max(positions[0] - 1, 0))
+    if len(positions) != 2 or positions[1] != width or grid * grid != positions[0] - 1 or grid == 0:
+        raise CheckpointError(
+            f"{path}: position embedding {positions} should be (1 + g*g, {width}) for a square grid of patches")
+    layers = sorted({int(m[1]) for k in shape_of if (m := re.match(r"encoder\.layers\.(\d+)\.", k))})
+    if not layers or layers != list(range(len(layers))):
+        raise CheckpointError(f"{path}: encoder layer indices are not contiguous from 0: {layers[:10]}")
+    found = dict(hidden_size=width, num_channels=channels, patch_size=patch, image_size=grid * patch,
+                 num_hidden_layers=len(layers), intermediate_size=shape("encoder.layers.0.mlp.fc1.weight")[0])
+
+    unknown = set(overrides or {}) - set(CONFIG_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown CLIP config override(s) {sorted(unknown)}; allowed: {list(CONFIG_FIELDS)}")
+    given: dict = {}
+    if config_json is not None:
+        given.update({k: v for k, v in config_json.items() if k in CONFIG_FIELDS})
+        # an HF folder without hidden_act runs transformers' default (quick_gelu): keep its meaning
+        given.setdefault("hidden_act", CLIPVisionConfig().hidden_act)
+    given.update(dict(overrides or {}))
+    for k, v in found.items():
+        if k in given and given[k] != v:
+            src = "config" if overrides and k in overrides else "config.json"
+            raise CheckpointError(f"{path}: {src} says {k}={given[k]} but the weights have {k}={v}")
+    heads = given.get("num_attention_heads")
+    if heads is None and metadata and HEADS_METADATA_KEY in metadata:
+        heads = int(metadata[HEADS_METADATA_KEY])
+    if heads is None:
+        heads = KNOWN_HEADS.get(width)
+    if heads is None:
+        raise CheckpointError(
+            f"{path}: cannot tell the number of attention heads of a width-{width} CLIP tower (not a released "
+            f"size); pass config={{'num_attention_heads': n}}")
+    if width % heads:
+        raise CheckpointError(f"{path}: width {width} is not divisible by num_attention_heads={heads}")
+    fields = dict(hidden_act="gelu", layer_norm_eps=1e-5)
+    fields.update({k: v for k, v in given.items() if k in CONFIG_FIELDS})
+    fields.update(found, num_attention_heads=heads)
+    return CLIPVisionConfig(**fields)
+
+
+def detect_clip_config(stored_shapes: Mapping[str, tuple], *, path="<shapes>", config_json: dict | None = None,
+                       metadata: Mapping[str, str] | None = None, config: Mapping | None = None):
+    """Stored name -> shape (any supported layout) -> (CLIPVisionConfig, layout), reading no weights."""
+    name_map, layout, _ = clip_key_map(stored_shapes.keys(), path)
+    shapes = {n: _mapped_shape(tuple(stored_shapes[k]), op) for n, (k, op) in name_map.items()}
+    return infer_clip_config(shapes, path=path, config_json=config_json, metadata=metadata, overrides=config), layout
+
+
+# --------------------------------------------------------------------------------------------
+# Finding files and loading
+# --------------------------------------------------------------------------------------------
+
+
+def _open_source(source):
+    """-> (tensor source, config.json dict or None, path for messages)."""
+    if isinstance(source, (list, tuple)):
+        if not source:
+            raise CheckpointError("load_clip_vision: empty list of files")
+        paths = [Path(p) for p in source]
+        return MultiFile([open_tensor_file(p) for p in paths]), _read_config(paths[0].parent), paths[0]
+    path = Path(source)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    if not path.is_dir():
+        return open_tensor_file(path), None, path
+    # HF's own file names first: hub folders may also hold open_clip copies of the same weights
+    index = sorted(path.glob("model.safetensors.index.json")) or sorted(path.glob("*.safetensors.index.json"))
+    if (path / "model.safetensors").exists():
+        files = [path / "model.safetensors"]
+    elif index:
+        try:
+            shards = sorted(set(json.loads(index[0].read_text())["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError, AttributeError) as exc:
+            raise CheckpointError(f"{index[0]}: expected a shard index with a 'weight_map' ({exc!r})") from None
+        files = [path / s for s in shards]
+    else:
+        files = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin")) + sorted(path.glob("*.pth"))
+    if not files:
+        raise CheckpointError(f"{path}: expected an HF CLIP folder (config.json + model.safetensors); found no weights")
+    return MultiFile([open_tensor_file(f) for f in files]), _read_config(path), path
+
+
+def _read_config(folder: Path) -> dict | None:
+    cfg = folder / "config.json"
+    if not cfg.exists():
+        return None
+    try:
+        data = json.loads(cfg.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{cfg}: not valid JSON ({exc})") from None
+    kind = data.get("model_type")
+    if kind == "clip" and isinstance(data.get("vision_config"), dict):
+        return data["vision_config"]
+    if kind not in (None, "clip_vision_model"):
+        raise CheckpointError(f"{cfg}: describes a {kind!r} model, expected a CLIP vision model "
+                              f"(model_type 'clip_vision_model' or 'clip')")
+    return data
+
+
+def _numeric_order(name: str):
+    return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in name.split(".")]
+
+
+def load_clip_vision(source, *, dtype: torch.dtype | str | None = None, device: torch.device | str | None = None,
+                     config: Mapping | None = None) -> WanClipVision:
+    """Load the CLIP vision tower from an official .pth, a ComfyUI safetensors, an HF folder, or a
+    list of shards.
+
+    dtype: module dtype (fp32, fp16, bf16). Default: the file's dtype. config: CLIPVisionConfig fields
+    the shapes cannot tell (num_attention_heads, hidden_act, layer_norm_eps). Loading is strict: a
+    missing or unexpected tensor is a CheckpointError. Tensors are read one at a time into a model
+    built on the meta device, so the weights are never held twice.
+    """
+    from transformers import CLIPVisionModel
+
+    tensors, config_json, path = _open_source(source)
+    name_map, layout, _ = clip_key_map(tensors.keys(), path)
+    shapes = {n: _mapped_shape(tuple(tensors.shape(k)), op) for n, (k, op) in name_map.items()}
+    cfg = infer_clip_config(shapes, path=path, config_json=config_json,
+                            metadata=getattr(tensors, "metadata", None), overrides=config)
+    if layout != "official":
+        layout = "hf" if config_json is not None else "comfyui"
+    file_dtype = tensors.dtype(name_map["embeddings.patch_embedding.weight"][0])
+    dtype = _resolve_dtype(dtype) or (file_dtype if file_dtype in (torch.float16, torch.bfloat16) else torch.float32)
+    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"load_clip_vision: dtype must be fp32, fp16 or bf16, got {dtype}")
+    device = torch.device(device) if device is not None else torch.device("cpu")
+
+    with torch.device("meta"):
+        vision = CLIPVisionModel(cfg)
+    tower = vision_tower(vision)
+    params = dict(tower.named_parameters())
+    prefix = "vision_model." if any(k.startswith("vision_model.") for k, _ in name_map.values()) else ""
+    missing = sorted({_stored_name(n, layout, prefix) for n in set(params) - set(name_map)}, key=_numeric_order)
+    unexpected = sorted({name_map[n][0] for n in set(name_map) - set(params)}, key=_numeric_order)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: weights do not match the CLIP vision tower they describe ({layout} layout, "
+            f"width {cfg.hidden_size}, {cfg.num_hidden_layers} layers) - "
+            f"missing {missing[:8]}{' ...' if len(missing) > 8 else ''}, "
+            f"unexpected {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
+
+    by_stored = defaultdict(list)  # a fused qkv is read once for its three targets
+    for name in params:
+        by_stored[name_map[name][0]].append(name)
+    for stored in sorted(by_stored, key=_numeric_order):
+        raw = tensors.read(stored)
+        for name in by_stored[stored]:
+            value = _apply_op(raw, name_map[name][1])
+            if tuple(value.shape) != tuple(params[name].shape):
+                raise CheckpointError(f"{path}: tensor {stored!r} gives {name} of shape {tuple(value.shape)}, "
+                                      f"expected {tuple(params[name].shape)}")
+            value = value.to(device=device, dtype=dtype)
+            if value.untyped_storage().data_ptr() == raw.untyped_storage().data_ptr():
+                value = value.clone()  # own memory, not a view of the file's (fused / mapped) tensor
+            module_name, _, attr = name.rpartition(".")
+            setattr(tower.get_submodule(module_name), attr, nn.Parameter(value, requires_grad=False))
+        del raw
+    emb = tower.embeddings  # the one buffer (non-persistent): rebuilt, it was created on meta
+    emb.position_ids = torch.arange(emb.num_positions, device=device).expand(1, -1)
+    return WanClipVision(vision, layout=layout, source=str(path)).eval()

@@ -1,0 +1,130 @@
+"""Spatial tiling for the Wan VAEs: bounded memory on long or large clips.
+
+The video (encode) or latent (decode) is cut into overlapping spatial tiles; each tile goes
+through the full causal chunk loop on its own, and the results are blended with linear ramps
+across the overlaps. Memory then scales with the tile, not the frame size. Tiled output is not
+bit-identical to untiled output (the convs see zero padding at tile borders); the overlap keeps
+the seams invisible and the difference small (tests and the benchmark report it).
+
+Tile sizes are in latent pixels for both directions. `choose_tile` picks the largest tile whose
+estimated peak fits a memory budget.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+# Peak working memory of one untiled chunk, in elements per output pixel of one frame (measured
+# with bench/bench_vae.py on the released widths; the frame-streamed stages dominate).
+PEAK_ELEMENTS_PER_PIXEL = {"2.1": 1400.0, "2.2": 1000.0}
+MIN_TILE = 8  # latent pixels; smaller tiles are mostly overlap
+
+
+def estimate_peak_bytes(vae, latent_hw: tuple[int, int]) -> int:
+    """Estimated working memory (activations, not weights or the output) for a latent area h x w."""
+    cfg = vae.config
+    s = cfg.stride[1]
+    pixels = latent_hw[0] * latent_hw[1] * s * s
+    elem = torch.finfo(vae.dtype).bits // 8
+    return int(PEAK_ELEMENTS_PER_PIXEL[cfg.version] * pixels * elem * _width_ratio(cfg))
+
+
+def _width_ratio(cfg) -> float:
+    """Tiny test models have narrower layers than the released ones: scale the estimate."""
+    from .vae import RELEASED
+    return cfg.dec_dim / RELEASED[cfg.version][1]
+
+
+def choose_tile(vae, shape, memory_budget: int | None, mode: str) -> tuple[int, int] | None:
+    """Largest square-ish latent tile that fits `memory_budget` bytes; None when no tiling is needed."""
+    if memory_budget is None:
+        return None
+    s = vae.config.stride[1]
+    h, w = shape[-2:]
+    if mode == "encode":
+        h, w = h // s, w // s
+    per_batch = shape[0]
+    if estimate_peak_bytes(vae, (h, w)) * per_batch <= memory_budget:
+        return None
+    side = max(h, w)
+    while side > MIN_TILE and estimate_peak_bytes(vae, (min(side, h), min(side, w))) * per_batch > memory_budget:
+        side -= 2
+    return (min(side, h), min(side, w))
+
+
+def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets covering [0, size) with tiles of `tile` overlapping by at least `overlap`."""
+    if tile >= size:
+        return [0]
+    n = math.ceil((size - overlap) / (tile - overlap))
+    step = (size - tile) / (n - 1)
+    return [round(i * step) for i in range(n)]
+
+
+def _ramp(length: int, start: int, end: int, size: int, overlap: int) -> torch.Tensor:
+    """1-D blend weight of one tile: rises over the overlap at inner edges, flat elsewhere."""
+    w = torch.ones(length)
+    if overlap > 0:
+        ramp = torch.arange(1, overlap + 1, dtype=torch.float32) / (overlap + 1)
+        if start > 0:
+            w[:overlap] = ramp[:length]
+        if end < size:
+            w[-overlap:] = torch.minimum(w[-overlap:], ramp.flip(0)[-length:])
+    return w
+
+
+def _default_overlap(tile: int) -> int:
+    return max(1, tile // 4)
+
+
+def _tiles(h: int, w: int, tile: tuple[int, int]):
+    th, tw = min(tile[0], h), min(tile[1], w)
+    oh, ow = _default_overlap(th) if th < h else 0, _default_overlap(tw) if tw < w else 0
+    return [(y, x, th, tw, oh, ow) for y in tile_starts(h, th, oh) for x in tile_starts(w, tw, ow)]
+
+
+def _blend(out: torch.Tensor | None, weight: torch.Tensor | None, piece: torch.Tensor, y: int, x: int,
+           scale: int, tile_geom, full_hw):
+    """Accumulate `piece` (latent-grid tile scaled by `scale`) with its ramp weights."""
+    _, _, th, tw, oh, ow = tile_geom
+    H, W = full_hw
+    ph, pw = piece.shape[-2:]
+    wy = _ramp(ph, y * scale, y * scale + ph, H, oh * scale)
+    wx = _ramp(pw, x * scale, x * scale + pw, W, ow * scale)
+    wgt = (wy[:, None] * wx[None, :]).to(piece.device)
+    if out is None:
+        out = piece.new_zeros(*piece.shape[:-2], H, W)
+        weight = piece.new_zeros(H, W)
+    out[..., y * scale: y * scale + ph, x * scale: x * scale + pw] += piece * wgt
+    weight[y * scale: y * scale + ph, x * scale: x * scale + pw] += wgt
+    return out, weight
+
+
+def tiled_decode(vae, z: torch.Tensor, tile: tuple[int, int], callback=None) -> torch.Tensor:
+    """Decode un-normalized latents tile by tile; -> video in [-1, 1]."""
+    h, w = z.shape[-2:]
+    s = vae.config.stride[1]
+    tiles = _tiles(h, w, tile)
+    total = len(tiles) * z.shape[2]
+    out = weight = None
+    for i, geom in enumerate(tiles):
+        y, x, th, tw, _, _ = geom
+        piece = vae.decode_untiled(z[..., y:y + th, x:x + tw], callback, i * z.shape[2], total)
+        out, weight = _blend(out, weight, piece, y, x, s, geom, (h * s, w * s))
+    return (out / weight).clamp_(-1.0, 1.0)
+
+
+def tiled_encode(vae, video: torch.Tensor, tile: tuple[int, int], callback=None) -> torch.Tensor:
+    """Encode a [-1, 1] video tile by tile; -> un-normalized posterior mean."""
+    s = vae.config.stride[1]
+    h, w = video.shape[-2] // s, video.shape[-1] // s
+    tiles = _tiles(h, w, tile)
+    chunks = 1 + (video.shape[2] - 1) // 4
+    total = len(tiles) * chunks
+    out = weight = None
+    for i, geom in enumerate(tiles):
+        y, x, th, tw, _, _ = geom
+        piece = vae.encode_untiled(video[..., y * s:(y + th) * s, x * s:(x + tw) * s], callback, i * chunks, total)
+        out, weight = _blend(out, weight, piece, y, x, 1, geom, (h, w))
+    return out / weight
