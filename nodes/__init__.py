@@ -1,11 +1,26 @@
 """ComfyUI nodes of wan-flow: thin adapters over wan_core (no math here)."""
-from .loaders import WanFlowLoadDiffusionModel, WanFlowModelInfo
+from .loaders import (WanFlowLoadCLIPVision, WanFlowLoadDiffusionModel, WanFlowLoadTextEncoder, WanFlowLoadVAE,
+                      WanFlowModelInfo)
+from .text import WanFlowTextEncode
+from .video_vae import WanFlowVAEDecode, WanFlowVAEEncode
 
 NODE_CLASS_MAPPINGS = {
     "WanFlowLoadDiffusionModel": WanFlowLoadDiffusionModel,
+    "WanFlowLoadVAE": WanFlowLoadVAE,
+    "WanFlowLoadTextEncoder": WanFlowLoadTextEncoder,
+    "WanFlowLoadCLIPVision": WanFlowLoadCLIPVision,
     "WanFlowModelInfo": WanFlowModelInfo,
+    "WanFlowTextEncode": WanFlowTextEncode,
+    "WanFlowVAEEncode": WanFlowVAEEncode,
+    "WanFlowVAEDecode": WanFlowVAEDecode,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "WanFlowLoadDiffusionModel": "WanFlow Load Diffusion Model",
+    "WanFlowLoadVAE": "WanFlow Load VAE",
+    "WanFlowLoadTextEncoder": "WanFlow Load Text Encoder",
+    "WanFlowLoadCLIPVision": "WanFlow Load CLIP Vision",
     "WanFlowModelInfo": "WanFlow Model Info",
+    "WanFlowTextEncode": "WanFlow Text Encode",
+    "WanFlowVAEEncode": "WanFlow VAE Encode",
+    "WanFlowVAEDecode": "WanFlow VAE Decode",
 }

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import torch
+
 MODEL_EXTENSIONS = (".safetensors", ".sft", ".pth", ".pt", ".ckpt", ".bin")
 
 
@@ -51,19 +53,32 @@ def model_file_path(category: str, name: str) -> str:
     return str(path)
 
 
-class ModelHandle:
-    """What travels through a WANFLOW_MODEL socket: a wan_core model plus, inside ComfyUI, the
-    ModelPatcher that lets ComfyUI's memory manager load it to the GPU and offload it when
-    others need the memory."""
+# where ComfyUI puts each kind of model: (load device, offload device) functions of model_management
+DEVICE_ROLES = {
+    "diffusion": ("get_torch_device", "unet_offload_device"),
+    "vae": ("vae_device", "vae_offload_device"),
+    "text_encoder": ("text_encoder_device", "text_encoder_offload_device"),
+    "clip_vision": ("text_encoder_device", "text_encoder_offload_device"),
+}
 
-    def __init__(self, module, name: str = ""):
+
+class ModelHandle:
+    """What travels through a WANFLOW_* model socket: a wan_core model plus, inside ComfyUI, the
+    ModelPatcher that lets ComfyUI's memory manager load it to the GPU and offload it when
+    others need the memory. `on_cpu=True` keeps it on the CPU (e.g. the 5.7B text encoder)."""
+
+    def __init__(self, module, name: str = "", role: str = "diffusion", on_cpu: bool = False):
         self.module = module
         self.name = name
+        self.role = role
         self.patcher = None
         mm = _comfy("comfy.model_management")
         mp = _comfy("comfy.model_patcher")
         if mm is not None and mp is not None:
-            self.patcher = mp.ModelPatcher(module, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
+            load, offload = (getattr(mm, f)() for f in DEVICE_ROLES[role])
+            if on_cpu:
+                load = offload = torch.device("cpu")
+            self.patcher = mp.ModelPatcher(module, load_device=load, offload_device=offload)
 
     @property
     def config(self):
@@ -76,4 +91,51 @@ class ModelHandle:
         return self.module
 
     def __repr__(self):
-        return f"<WanFlow model {self.name or self.module.config.variant}>"
+        label = self.name or getattr(getattr(self.module, "config", None), "variant", "") or type(self.module).__name__
+        return f"<WanFlow {self.role} {label}>"
+
+
+def progress_callback():
+    """A wan_core `callback(done, total)` driving a ComfyUI progress bar; every update is also a
+    cancellation point. Outside ComfyUI: None."""
+    utils = _comfy("comfy.utils")
+    mm = _comfy("comfy.model_management")
+    if utils is None or mm is None:
+        return None
+    bar = None
+
+    def update(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = utils.ProgressBar(total)
+        bar.update_absolute(done, total)
+        mm.throw_exception_if_processing_interrupted()
+
+    return update
+
+
+def free_memory_bytes(device) -> int | None:
+    """Free memory on a GPU device (ComfyUI's view when available); None on the CPU (no budget)."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return None
+    mm = _comfy("comfy.model_management")
+    if mm is not None:
+        return int(mm.get_free_memory(device))
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    return None
+
+
+def intermediate_device() -> torch.device:
+    """Where IMAGE / LATENT / CONDITIONING outputs live (ComfyUI: the CPU unless --gpu-only)."""
+    mm = _comfy("comfy.model_management")
+    return mm.intermediate_device() if mm is not None else torch.device("cpu")
+
+
+def folder_roots(category: str) -> list[Path]:
+    """The folders of a model category (for finding tokenizer folders next to text encoders)."""
+    folder_paths = _comfy("folder_paths")
+    if folder_paths is not None:
+        return [Path(p) for p in folder_paths.get_folder_paths(category)]
+    return [fallback_models_dir() / category]

@@ -31,7 +31,15 @@ def test_import_is_light_and_exports_mappings():
     assert heavy == [], f"importing the pack outside ComfyUI pulled in {heavy}"
 
 
-@pytest.mark.parametrize("node_id", ["WanFlowLoadDiffusionModel", "WanFlowModelInfo"])
+ALL_NODES = ["WanFlowLoadDiffusionModel", "WanFlowModelInfo", "WanFlowLoadVAE", "WanFlowLoadTextEncoder",
+             "WanFlowLoadCLIPVision", "WanFlowTextEncode", "WanFlowVAEEncode", "WanFlowVAEDecode"]
+
+
+def test_every_node_is_registered():
+    assert sorted(import_pack().NODE_CLASS_MAPPINGS) == sorted(ALL_NODES)
+
+
+@pytest.mark.parametrize("node_id", ALL_NODES)
 def test_v1_contract(node_id):
     cls = import_pack().NODE_CLASS_MAPPINGS[node_id]
     spec = cls.INPUT_TYPES()

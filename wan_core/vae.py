@@ -404,10 +404,10 @@ class WanVAE(nn.Module):
 
     # --- normalization (what the DiT consumes) ---
     def normalize(self, mu: torch.Tensor) -> torch.Tensor:
-        return (mu - self.latent_mean.to(mu.dtype)) * self.latent_inv_std.to(mu.dtype)
+        return (mu - self.latent_mean.to(mu.device, mu.dtype)) * self.latent_inv_std.to(mu.device, mu.dtype)
 
     def denormalize(self, z: torch.Tensor) -> torch.Tensor:
-        return z / self.latent_inv_std.to(z.dtype) + self.latent_mean.to(z.dtype)
+        return z / self.latent_inv_std.to(z.device, z.dtype) + self.latent_mean.to(z.device, z.dtype)
 
     # --- shapes ---
     def latent_shape(self, video_shape) -> tuple:
@@ -471,7 +471,7 @@ class WanVAE(nn.Module):
         return self.decode_untiled(z, callback)
 
     def encode_untiled(self, video: torch.Tensor, callback=None, progress_offset: int = 0, progress_total=None):
-        x = patchify(video.to(self.dtype), self.config.patch)
+        x = patchify(video.to(self.device, self.dtype), self.config.patch)
         n = 1 + (x.shape[2] - 1) // 4
         self.reset_history()
         try:
@@ -487,7 +487,7 @@ class WanVAE(nn.Module):
         return mu.float()
 
     def decode_untiled(self, z: torch.Tensor, callback=None, progress_offset: int = 0, progress_total=None):
-        x = self.conv2(z.to(self.dtype))
+        x = self.conv2(z.to(self.device, self.dtype))
         self.reset_history()
         try:
             out = []
