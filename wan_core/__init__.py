@@ -7,10 +7,11 @@ from .clip_vision import WanClipVision, load_clip_vision
 from .dit_checkpoint import load_dit, load_dit_config
 from .model import WanConfig, WanDiT
 from .tensor_files import CheckpointError
+from .text_encoder import WanTextEncoder, load_text_encoder
 
 __all__ = [
     "WanConfig", "WanDiT", "load_dit", "load_dit_config", "CheckpointError",
     "attention", "register_attention_backend", "set_attention_backend",
-    "load_clip_vision", "WanClipVision",
+    "load_clip_vision", "WanClipVision", "load_text_encoder", "WanTextEncoder",
 ]
 __version__ = "0.1.0"
