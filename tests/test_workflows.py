@@ -21,6 +21,22 @@ CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
 MODEL_SUFFIXES = (".safetensors", ".sft", ".pth", ".pt", ".ckpt", ".bin")
 
 
+class _Native:
+    """INPUT_TYPES / RETURN_TYPES of the ComfyUI core nodes our workflows use (ComfyUI's nodes.py);
+    the COMFYUI_DIR end-to-end test checks the same workflows against the real ones."""
+
+    def __init__(self, inputs: dict, returns: tuple):
+        self.spec, self.RETURN_TYPES = {"required": inputs}, returns
+
+
+NATIVE_NODES = {
+    "EmptyImage": _Native({"width": ("INT", {"min": 1, "max": 16384}), "height": ("INT", {"min": 1, "max": 16384}),
+                           "batch_size": ("INT", {"min": 1, "max": 4096}), "color": ("INT", {"min": 0, "max": 0xFFFFFF})},
+                          ("IMAGE",)),
+    "SaveImage": _Native({"images": ("IMAGE", {}), "filename_prefix": ("STRING", {})}, ()),
+}
+
+
 @pytest.fixture(scope="module")
 def nodes(tmp_path_factory):
     """NODE_CLASS_MAPPINGS with an empty model folder, as in CI: file dropdowns list nothing."""
@@ -29,7 +45,8 @@ def nodes(tmp_path_factory):
     os.environ["WANFLOW_MODELS_DIR"] = str(tmp_path_factory.mktemp("no_models"))
     try:
         mappings = import_pack().NODE_CLASS_MAPPINGS
-        yield {name: (cls, cls.INPUT_TYPES()) for name, cls in mappings.items()}
+        found = {name: (cls, cls.INPUT_TYPES()) for name, cls in mappings.items()}
+        yield {**{name: (n, n.spec) for name, n in NATIVE_NODES.items()}, **found}
     finally:
         if old is None:
             os.environ.pop("WANFLOW_MODELS_DIR", None)
@@ -114,7 +131,7 @@ def check_nodes(wf, nodes, fname):
         where = f"{fname} node {node['id']} ({node['type']})"
         if node["type"] in FRONTEND_ONLY:
             continue
-        assert node["type"] in nodes, f"{where}: not a node of this pack (NODE_CLASS_MAPPINGS)"
+        assert node["type"] in nodes, f"{where}: neither a node of this pack nor a known core node"
         cls, spec = nodes[node["type"]]
         named = widget_values_by_name(spec, node.get("widgets_values") or [])
         specs = {name: (kind, options, opts) for name, kind, options, opts in input_specs(spec)}

@@ -1,11 +1,12 @@
-"""Self-check: build tiny random Wan DiTs, write them in every checkpoint layout, reload them with
-`load_dit` and print how closely each reproduces the reference numbers.
+"""Self-check: build tiny random Wan DiTs and VAEs, write them in every checkpoint layout, reload
+them with `load_dit` / `load_vae` and print how closely each reproduces the reference numbers.
 
 For every variant and layout the reloaded model's output is compared with
   * our in-memory model holding exactly the stored (dequantized) weights - must be identical up to
     float noise, and
-  * diffusers' WanTransformer3DModel on the same weights, when diffusers is installed (the test
-    setup installs it) - must agree within 1e-4 (fp32).
+  * diffusers' WanTransformer3DModel / AutoencoderKLWan on the same weights, when diffusers is
+    installed (the test setup installs it) - must agree within 1e-4 (fp32; VAE rows compare the
+    encoded latent and the decoded video together).
 Finally the bf16 compute path is compared with fp32 by cosine similarity (> 0.999).
 """
 from __future__ import annotations
@@ -79,6 +80,43 @@ def check_variant(kind: str, seed: int, workdir: Path) -> list[dict]:
     return rows
 
 
+def check_vae(version: str, seed: int, workdir: Path) -> list[dict]:
+    """One tiny VAE in each layout: encode + decode of a short clip vs the in-memory model and diffusers."""
+    from .reference import diffusers_vae
+    from .tiny_vae import random_vae
+    from .vae_checkpoint import load_vae
+
+    vae = random_vae(version, seed=seed)
+    s = vae.config.stride[1]
+    video = torch.rand(1, 3, 5, 4 * s, 4 * s, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+    folder = workdir / f"vae{version}"
+    layouts = {"official .pth": save_pth(vae.state_dict(), folder / "vae.pth"),
+               "comfyui safetensors": save_safetensors(vae.state_dict(), folder / "vae.safetensors")}
+    ref = diffusers_vae(vae) if diffusers_available() else None
+    if ref is not None:
+        ref.save_pretrained(folder / "pipeline" / "vae")
+        layouts["diffusers"] = folder / "pipeline" / "vae"
+
+    def roundtrip(encode, decode):
+        mu = encode(video)
+        return torch.cat([mu.flatten(), decode(mu).flatten()])
+
+    expected = roundtrip(lambda v: vae.encode(v, normalized=False), lambda z: vae.decode(z, normalized=False))
+    if ref is not None:
+        with torch.no_grad():
+            theirs = roundtrip(lambda v: ref.encode(v).latent_dist.mode(), lambda z: ref.decode(z).sample)
+    rows = []
+    for layout, source in layouts.items():
+        loaded = load_vae(source)
+        out = roundtrip(lambda v: loaded.encode(v, normalized=False), lambda z: loaded.decode(z, normalized=False))
+        row = {"variant": f"vae{version}", "layout": layout, "detected": f"wan{loaded.config.version} vae",
+               "vs_reference": (out - expected).abs().max().item()}
+        if ref is not None:
+            row["vs_diffusers"] = (out - theirs).abs().max().item()
+        rows.append(row)
+    return rows
+
+
 def row_ok(row: dict) -> bool:
     if "cosine_vs_fp32" in row:
         return row["cosine_vs_fp32"] > 0.999
@@ -92,6 +130,8 @@ def run_selfcheck(out_dir: str | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="wanflow-selfcheck-") as tmp:
         for seed, kind in enumerate(KINDS):
             rows += check_variant(kind, seed, Path(tmp))
+        for seed, version in enumerate(("2.1", "2.2")):
+            rows += check_vae(version, seed, Path(tmp))
     print(f"{'variant':8} {'layout':28} {'detected as':18} {'vs ours(ref)':>13} {'vs diffusers':>13}  ok")
     for r in rows:
         if "cosine_vs_fp32" in r:

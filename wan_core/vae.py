@@ -116,7 +116,8 @@ class RMSNorm(nn.Module):
         self.scale = dim ** 0.5
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(x, dim=1) * self.scale * self.gamma
+        # one full-size temporary instead of three (the two products are done in place)
+        return F.normalize(x, dim=1).mul_(self.gamma * self.scale)
 
 
 class ResidualBlock(nn.Module):
@@ -488,17 +489,23 @@ class WanVAE(nn.Module):
 
     def decode_untiled(self, z: torch.Tensor, callback=None, progress_offset: int = 0, progress_total=None):
         x = self.conv2(z.to(self.device, self.dtype))
+        n = x.shape[2]
+        video = None  # filled chunk by chunk: no list of chunks plus a concatenated copy
         self.reset_history()
         try:
-            out = []
-            for i in range(x.shape[2]):
-                out.append(self.decoder(x[:, :, i:i + 1], first_chunk=i == 0))
+            for i in range(n):
+                frames = unpatchify(self.decoder(x[:, :, i:i + 1], first_chunk=i == 0), self.config.patch)
+                if video is None:
+                    video = frames.new_empty(*frames.shape[:2], 1 + self.config.stride[0] * (n - 1), *frames.shape[3:],
+                                             dtype=torch.float32)
+                    done = 0
+                video[:, :, done:done + frames.shape[2]] = frames
+                done += frames.shape[2]
                 if callback is not None:
-                    callback(progress_offset + i + 1, progress_total or x.shape[2])
+                    callback(progress_offset + i + 1, progress_total or n)
         finally:
             self.reset_history()
-        video = unpatchify(torch.cat(out, dim=2), self.config.patch)
-        return video.float().clamp_(-1.0, 1.0)
+        return video.clamp_(-1.0, 1.0)
 
     # --- pairing with a DiT ---
     def check_compatible(self, dit_config) -> None:

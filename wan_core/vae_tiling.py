@@ -15,19 +15,22 @@ import math
 
 import torch
 
-# Peak working memory of one untiled chunk, in elements per output pixel of one frame (measured
-# with bench/bench_vae.py on the released widths; the frame-streamed stages dominate).
-PEAK_ELEMENTS_PER_PIXEL = {"2.1": 1400.0, "2.2": 1000.0}
+# Working memory of the chunk loop, in elements per pixel of one output frame (decode) or input
+# frame (encode), fp32, released widths. Measured on the CPU with bench/bench_vae.py (2.1 decode:
+# 3.9k at 416x240); about 60 % of it is the causal history (two frames per cached conv), the rest
+# the activations of one chunk. The 2.1 encode and 2.2 figures are estimates from the same count.
+PEAK_ELEMENTS_PER_PIXEL = {("2.1", "decode"): 4000.0, ("2.1", "encode"): 2500.0,
+                           ("2.2", "decode"): 3000.0, ("2.2", "encode"): 2000.0}
 MIN_TILE = 8  # latent pixels; smaller tiles are mostly overlap
 
 
-def estimate_peak_bytes(vae, latent_hw: tuple[int, int]) -> int:
-    """Estimated working memory (activations, not weights or the output) for a latent area h x w."""
+def estimate_peak_bytes(vae, latent_hw: tuple[int, int], mode: str = "decode") -> int:
+    """Estimated working memory of one clip (activations and history; not weights, not the output)."""
     cfg = vae.config
     s = cfg.stride[1]
     pixels = latent_hw[0] * latent_hw[1] * s * s
     elem = torch.finfo(vae.dtype).bits // 8
-    return int(PEAK_ELEMENTS_PER_PIXEL[cfg.version] * pixels * elem * _width_ratio(cfg))
+    return int(PEAK_ELEMENTS_PER_PIXEL[cfg.version, mode] * pixels * elem * _width_ratio(cfg))
 
 
 def _width_ratio(cfg) -> float:
@@ -37,18 +40,22 @@ def _width_ratio(cfg) -> float:
 
 
 def choose_tile(vae, shape, memory_budget: int | None, mode: str) -> tuple[int, int] | None:
-    """Largest square-ish latent tile that fits `memory_budget` bytes; None when no tiling is needed."""
+    """Largest latent tile whose working memory fits `memory_budget` bytes next to the output;
+    None when the whole frame fits (or no budget is given)."""
     if memory_budget is None:
         return None
     s = vae.config.stride[1]
-    h, w = shape[-2:]
+    batch, h, w = shape[0], shape[-2], shape[-1]
+    fixed = 0
     if mode == "encode":
         h, w = h // s, w // s
-    per_batch = shape[0]
-    if estimate_peak_bytes(vae, (h, w)) * per_batch <= memory_budget:
+    else:  # the decoded video is allocated in full whether tiled or not (fp32, plus blend weights)
+        fixed = batch * 3 * (1 + vae.config.stride[0] * (shape[2] - 1)) * h * w * s * s * 4
+    available = memory_budget - fixed
+    if estimate_peak_bytes(vae, (h, w), mode) * batch <= available:
         return None
     side = max(h, w)
-    while side > MIN_TILE and estimate_peak_bytes(vae, (min(side, h), min(side, w))) * per_batch > memory_budget:
+    while side > MIN_TILE and estimate_peak_bytes(vae, (min(side, h), min(side, w)), mode) * batch > available:
         side -= 2
     return (min(side, h), min(side, w))
 

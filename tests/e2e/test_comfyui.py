@@ -36,11 +36,19 @@ import torch  # noqa: E402
 
 from wan_core.dit_export import comfyui_state_dict, save_safetensors  # noqa: E402
 from wan_core.tiny import random_dit  # noqa: E402
+from wan_core.tiny_clip import random_clip_vision, save_comfy_safetensors  # noqa: E402
+from wan_core.tiny_text import random_umt5, save_comfyui_file  # noqa: E402
+from wan_core.tiny_vae import random_vae, randomize_vae_  # noqa: E402
+from wan_core.vae import VAEConfig, WanVAE  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 TOOLS = Path(os.environ.get("WANFLOW_SHARED_TOOLS", REPO.parent / "shared" / "tools"))
 PACK_NAME = os.environ.get("WANFLOW_PACK_NAME", "wan-flow")
 CKPT_NAME = "wan2.1_t2v_1.3B_fp16.safetensors"
+VAE_NAME = "wan_2.1_vae.safetensors"  # tiny widths: what the shipped workflows use
+FULL_VAE_NAME = "wan_2.1_vae_released_widths.safetensors"  # random weights, widths ComfyUI can build
+UMT5_NAME = "umt5_xxl_fp16.safetensors"
+CLIP_NAME = "clip_vision_h.safetensors"
 WORKFLOWS = REPO / "workflows"
 API_FILES = sorted((WORKFLOWS / "api").glob("*.json"))
 UI_FILES = sorted(WORKFLOWS.glob("*.json"))
@@ -83,6 +91,12 @@ def checkpoint(tmp_path_factory):
     model = random_dit("t2v", dim=256, num_heads=2, ffn_dim=256, text_dim=4096)
     path = save_safetensors(comfyui_state_dict(model.state_dict(), dtype=torch.float16),
                             base / "models" / "diffusion_models" / CKPT_NAME)
+    models = base / "models"
+    save_safetensors(random_vae("2.1", seed=7).state_dict(), models / "vae" / VAE_NAME)
+    full = randomize_vae_(WanVAE(VAEConfig.released("2.1")), seed=8)
+    save_safetensors({k: v.to(torch.bfloat16) for k, v in full.state_dict().items()}, models / "vae" / FULL_VAE_NAME)
+    save_comfyui_file(random_umt5(seed=3), models / "text_encoders" / UMT5_NAME)
+    save_comfy_safetensors(random_clip_vision(seed=4), models / "clip_vision" / CLIP_NAME, dtype=torch.float32)
     return base, path
 
 
@@ -133,6 +147,9 @@ def test_every_node_registered(server):
     # the loader's dropdown is filled by ComfyUI's folder_paths
     options = listed["WanFlowLoadDiffusionModel"]["input"]["required"]["model_name"][0]
     assert CKPT_NAME in options, options
+    for node, widget, name in [("WanFlowLoadVAE", "vae_name", VAE_NAME), ("WanFlowLoadTextEncoder", "text_encoder_name", UMT5_NAME),
+                               ("WanFlowLoadCLIPVision", "clip_name", CLIP_NAME)]:
+        assert name in listed[node]["input"]["required"][widget][0], (node, listed[node]["input"]["required"][widget])
     assert listed["WanFlowModelInfo"]["output_node"] is True
 
 
@@ -149,9 +166,10 @@ def test_templates_list_only_ui_workflows(server):
 def test_api_workflow_runs(server, path, tmp_path):
     prompt = json.loads(path.read_text())
     info_nodes = [nid for nid, n in prompt.items() if n["class_type"] == "WanFlowModelInfo"]
-    report = tmp_path / "report.json"
-    args = ["run", path, "--timeout", "300", "--report", report]
-    for nid in info_nodes:
+    save_nodes = [nid for nid, n in prompt.items() if n["class_type"] == "SaveImage"]
+    report, downloads = tmp_path / "report.json", tmp_path / "downloads"
+    args = ["run", path, "--timeout", "300", "--report", report, "--download", downloads]
+    for nid in info_nodes + save_nodes:
         args += ["--expect-output", nid]
     proc = e2e(server, *args)
     assert proc.returncode == 0, proc.stdout
@@ -163,6 +181,37 @@ def test_api_workflow_runs(server, path, tmp_path):
         assert "model_type: t2v" in text and "dim: 256, heads: 2, layers: 2, ffn: 256" in text, text
         assert "variant: wan2.1-t2v" in text and "text_dim: 4096" in text, text
         assert "weights stored as: float16; compute dtype: float16" in text, text
+    for nid in save_nodes:
+        check_saved_frames(prompt, nid, rep["outputs"][nid]["images"], downloads, Path(server["base"]))
+
+
+def check_saved_frames(prompt, save_id, images, downloads, base):
+    """The VAE round-trip workflow's PNGs equal wan_core's decode(encode(frames)) on the same VAE file."""
+    import numpy as np
+    from PIL import Image
+
+    decode = prompt[prompt[save_id]["inputs"]["images"][0]]
+    encode = prompt[decode["inputs"]["samples"][0]]
+    source = prompt[encode["inputs"]["pixels"][0]]
+    assert source["class_type"] == "EmptyImage", "this check knows only EmptyImage-fed round trips"
+    w, h, n, color = (source["inputs"][k] for k in ("width", "height", "batch_size", "color"))
+    assert len(images) == n, f"{len(images)} images saved, expected {n}"
+    rgb = torch.tensor([(color >> 16) & 255, (color >> 8) & 255, color & 255]) / 255
+    frames = rgb.view(1, 3, 1, 1, 1).expand(1, 3, n, h, w) * 2 - 1
+    vae = wan_core_load_vae(base / "models" / "vae" / prompt[encode["inputs"]["vae"][0]]["inputs"]["vae_name"])
+    expected = ((vae.decode(vae.encode(frames, normalized=False), normalized=False) + 1) / 2)[0].permute(1, 2, 3, 0)
+    files = sorted(downloads.rglob("*.png"))
+    assert len(files) == n, files
+    saved = torch.stack([torch.from_numpy(np.asarray(Image.open(f).convert("RGB"))) for f in files]).float() / 255
+    diff = (saved - expected).abs().max().item()
+    print(f"round trip: {n} PNGs {w}x{h}, max |saved - wan_core| = {diff:.4f} (8-bit quantization: 0.002)")
+    assert diff <= 1.5 / 255, diff
+    assert expected.std() > 0.01  # the random VAE makes a non-trivial picture, so the check means something
+
+
+def wan_core_load_vae(path):
+    from wan_core import load_vae
+    return load_vae(path)
 
 
 @pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.name)
@@ -216,3 +265,26 @@ def test_dit_matches_comfyui_wan_model(server, checkpoint, tmp_path):
     assert p["created"] and p["same_module"] and p["loaded"], p
     assert p["device"] == "cpu"
     assert p["diff_after_load"] <= 1e-6 and p["diff_after_reload"] <= 1e-6, p
+
+
+def test_vae_text_clip_match_comfyui_side(server, checkpoint, tmp_path):
+    """ComfyUI's native Wan VAE (comfy.sd.VAE) vs ours on the same released-width file; our UMT5 and
+    CLIP-vision encoders under the transformers version ComfyUI installs, vs transformers' models."""
+    base, _ = checkpoint
+    python = server["python"]
+    assert Path(python).exists(), f"ComfyUI venv python not found ({python})"
+    shutil.copytree(REPO / "wan_core", tmp_path / "lib" / "wan_core", ignore=shutil.ignore_patterns("__pycache__"))
+    models = Path(base) / "models"
+    t0 = time.monotonic()
+    proc = sh([python, Path(__file__).with_name("comfy_media_parity.py"), Path(COMFYUI_DIR).resolve(), tmp_path / "lib",
+               models / "vae" / FULL_VAE_NAME, models / "text_encoders" / UMT5_NAME, models / "clip_vision" / CLIP_NAME],
+              timeout=900, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(proc.stdout.split("RESULT ", 1)[1])
+    print(f"ComfyUI side ({time.monotonic() - t0:.1f}s, transformers {res['transformers']}): VAE decode diff "
+          f"{res['vae_decode_diff']:.2e} (|frames| max {res['vae_decode_absmax']:.2f}), encode diff "
+          f"{res['vae_encode_diff']:.2e} (|latent| max {res['vae_encode_absmax']:.2f}); UMT5 diff {res['text_diff']:.2e}; "
+          f"CLIP diff {res['clip_diff']:.2e}")
+    assert res["vae_decode_absmax"] > 0.1 and res["vae_encode_absmax"] > 0.1
+    assert res["vae_decode_diff"] <= 1e-4 and res["vae_encode_diff"] <= 1e-4
+    assert res["text_diff"] <= 1e-5 and res["clip_diff"] <= 1e-5
