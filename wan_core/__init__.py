@@ -8,10 +8,13 @@ from .dit_checkpoint import load_dit, load_dit_config
 from .model import WanConfig, WanDiT
 from .tensor_files import CheckpointError
 from .text_encoder import WanTextEncoder, load_text_encoder
+from .vae import VAEConfig, WanVAE
+from .vae_checkpoint import load_vae
 
 __all__ = [
     "WanConfig", "WanDiT", "load_dit", "load_dit_config", "CheckpointError",
     "attention", "register_attention_backend", "set_attention_backend",
     "load_clip_vision", "WanClipVision", "load_text_encoder", "WanTextEncoder",
+    "load_vae", "WanVAE", "VAEConfig",
 ]
 __version__ = "0.1.0"
