@@ -53,6 +53,16 @@ def model_file_path(category: str, name: str) -> str:
     return str(path)
 
 
+class PatcherRoot(torch.nn.Module):
+    """The module handed to ComfyUI's ModelPatcher. The patcher writes bookkeeping attributes on
+    its model (`device`, `model_loaded_weight_memory`, ...); this container takes them, so our
+    models keep their own read-only `device` / `dtype` properties."""
+
+    def __init__(self, inner: torch.nn.Module):
+        super().__init__()
+        self.inner = inner
+
+
 # where ComfyUI puts each kind of model: (load device, offload device) functions of model_management
 DEVICE_ROLES = {
     "diffusion": ("get_torch_device", "unet_offload_device"),
@@ -78,7 +88,7 @@ class ModelHandle:
             load, offload = (getattr(mm, f)() for f in DEVICE_ROLES[role])
             if on_cpu:
                 load = offload = torch.device("cpu")
-            self.patcher = mp.ModelPatcher(module, load_device=load, offload_device=offload)
+            self.patcher = mp.ModelPatcher(PatcherRoot(module), load_device=load, offload_device=offload)
 
     @property
     def config(self):

@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .dit_checkpoint import _resolve_dtype
+from .dit_checkpoint import numeric_order, resolve_dtype
 from .tensor_files import CheckpointError, MultiFile, open_tensor_file
 
 if TYPE_CHECKING:  # transformers is imported lazily: importing wan_core stays cheap
@@ -431,10 +431,6 @@ def _read_config(folder: Path) -> dict | None:
     return data
 
 
-def _numeric_order(name: str):
-    return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in name.split(".")]
-
-
 def load_clip_vision(source, *, dtype: torch.dtype | str | None = None, device: torch.device | str | None = None,
                      config: Mapping | None = None) -> WanClipVision:
     """Load the CLIP vision tower from an official .pth, a ComfyUI safetensors, an HF folder, or a
@@ -455,7 +451,7 @@ def load_clip_vision(source, *, dtype: torch.dtype | str | None = None, device: 
     if layout != "official":
         layout = "hf" if config_json is not None else "comfyui"
     file_dtype = tensors.dtype(name_map["embeddings.patch_embedding.weight"][0])
-    dtype = _resolve_dtype(dtype) or (file_dtype if file_dtype in (torch.float16, torch.bfloat16) else torch.float32)
+    dtype = resolve_dtype(dtype) or (file_dtype if file_dtype in (torch.float16, torch.bfloat16) else torch.float32)
     if dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"load_clip_vision: dtype must be fp32, fp16 or bf16, got {dtype}")
     device = torch.device(device) if device is not None else torch.device("cpu")
@@ -465,8 +461,8 @@ def load_clip_vision(source, *, dtype: torch.dtype | str | None = None, device: 
     tower = vision_tower(vision)
     params = dict(tower.named_parameters())
     prefix = "vision_model." if any(k.startswith("vision_model.") for k, _ in name_map.values()) else ""
-    missing = sorted({_stored_name(n, layout, prefix) for n in set(params) - set(name_map)}, key=_numeric_order)
-    unexpected = sorted({name_map[n][0] for n in set(name_map) - set(params)}, key=_numeric_order)
+    missing = sorted({_stored_name(n, layout, prefix) for n in set(params) - set(name_map)}, key=numeric_order)
+    unexpected = sorted({name_map[n][0] for n in set(name_map) - set(params)}, key=numeric_order)
     if missing or unexpected:
         raise CheckpointError(
             f"{path}: weights do not match the CLIP vision tower they describe ({layout} layout, "
@@ -477,7 +473,7 @@ def load_clip_vision(source, *, dtype: torch.dtype | str | None = None, device: 
     by_stored = defaultdict(list)  # a fused qkv is read once for its three targets
     for name in params:
         by_stored[name_map[name][0]].append(name)
-    for stored in sorted(by_stored, key=_numeric_order):
+    for stored in sorted(by_stored, key=numeric_order):
         raw = tensors.read(stored)
         for name in by_stored[stored]:
             value = _apply_op(raw, name_map[name][1])

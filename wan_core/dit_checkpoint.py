@@ -312,10 +312,10 @@ def load_dit(
     config: overrides for what the weights cannot tell (num_heads, text_len, model_type, variant...).
     """
     tensors, name_map, cfg, path = _inspect(source, config)
-    compute_dtype = _resolve_dtype(dtype) or _default_compute_dtype(tensors, name_map)
+    compute_dtype = resolve_dtype(dtype) or _default_compute_dtype(tensors, name_map)
     storage = weight_dtype
     if storage is not None and storage != "file":
-        storage = _resolve_dtype(storage)
+        storage = resolve_dtype(storage)
     device = torch.device(device) if device is not None else torch.device("cpu")
 
     with torch.device("meta"):
@@ -329,14 +329,14 @@ def load_dit(
     # freeing a fresh read buffer per tensor would leave the heap fragmented (RSS stays high).
     largest = max(math.prod(tensors.shape(name_map[n])) * tensors.dtype(name_map[n]).itemsize for n in expected)
     scratch = torch.empty(largest, dtype=torch.uint8)
-    for name in sorted(expected, key=_numeric_order):
+    for name in sorted(expected, key=numeric_order):
         raw = tensors.read(name_map[name], scratch)
         if tuple(raw.shape) != tuple(params[name].shape):
             raise CheckpointError(
                 f"{path}: tensor {name!r} has shape {tuple(raw.shape)}, expected {tuple(params[name].shape)} "
                 f"for the detected {cfg.variant} config"
             )
-        scale = _read_scale(tensors, name_map, name)
+        scale = read_fp8_scale(tensors, name_map, name)
         castable = isinstance(model.get_submodule(name.rpartition(".")[0]), (CastLinear, CastConv3d))
         tensor, kept_scale = _convert(name, raw, scale, compute_dtype, storage, scaled_file, castable)
         if tensor.untyped_storage().data_ptr() == scratch.untyped_storage().data_ptr():
@@ -352,13 +352,14 @@ def load_dit(
     return model
 
 
-def _numeric_order(name: str):
-    return [int(p) if p.isdigit() else p for p in name.split(".")]
+def numeric_order(name: str):
+    """Sort key for parameter names: 'blocks.2.x' before 'blocks.10.x' (numbers and words never compared)."""
+    return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in name.split(".")]
 
 
 def _check_keys(expected: set, found: set, path):
-    missing = sorted(expected - found, key=_numeric_order)
-    unexpected = sorted(found - expected, key=_numeric_order)
+    missing = sorted(expected - found, key=numeric_order)
+    unexpected = sorted(found - expected, key=numeric_order)
     if missing or unexpected:
         raise CheckpointError(
             f"{path}: weights do not match the detected architecture - "
@@ -367,7 +368,7 @@ def _check_keys(expected: set, found: set, path):
         )
 
 
-def _read_scale(tensors, name_map, name):
+def read_fp8_scale(tensors, name_map, name):
     if not name.endswith(".weight"):
         return None
     base = name[: -len(".weight")]
@@ -438,7 +439,7 @@ _DTYPE_NAMES = {
 }
 
 
-def _resolve_dtype(d):
+def resolve_dtype(d):
     if d is None or isinstance(d, torch.dtype):
         return d
     if d in _DTYPE_NAMES:

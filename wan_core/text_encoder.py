@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .dit_checkpoint import FP8_DTYPES, _numeric_order, _read_scale, _resolve_dtype, quantize_fp8
+from .dit_checkpoint import FP8_DTYPES, numeric_order, read_fp8_scale, resolve_dtype, quantize_fp8
 from .model import CastLinear
 from .tensor_files import CheckpointError, MultiFile, open_tensor_file
 from .text_tokenizer import (TEXT_LEN, SentencePieceTokenizer, TokenizerError, check_prompts, clean_prompt,
@@ -304,10 +304,10 @@ def load_text_encoder(source, *, tokenizer=None, dtype=None, device=None, weight
     if tok is not None:
         tok.check_fits(config.vocab_size, str(path))
     first = tensors.dtype(name_map[_ATTN.format(0) + "q.weight"])
-    compute = _resolve_dtype(dtype) or (torch.float32 if first == torch.float32 else torch.bfloat16)
+    compute = resolve_dtype(dtype) or (torch.float32 if first == torch.float32 else torch.bfloat16)
     if compute not in (torch.float32, torch.bfloat16, torch.float16):
         raise ValueError(f"compute dtype must be fp32, bf16 or fp16, got {compute}")
-    storage = weight_dtype if weight_dtype in (None, "file") else _resolve_dtype(weight_dtype)
+    storage = weight_dtype if weight_dtype in (None, "file") else resolve_dtype(weight_dtype)
     device = torch.device(device) if device is not None else torch.device("cpu")
 
     with torch.device("meta"):
@@ -320,8 +320,8 @@ def load_text_encoder(source, *, tokenizer=None, dtype=None, device=None, weight
                 if hasattr(parent, "wi_0"):
                     parent.forward = types.MethodType(_gated_ff_forward, parent)
     params = dict(model.named_parameters())
-    missing = sorted(params.keys() - names, key=_numeric_order)
-    unexpected = sorted(names - params.keys(), key=_numeric_order)
+    missing = sorted(params.keys() - names, key=numeric_order)
+    unexpected = sorted(names - params.keys(), key=numeric_order)
     if missing or unexpected:
         raise CheckpointError(
             f"{path}: the {layout}-layout weights do not match a UMT5 encoder with {config.num_layers} blocks - "
@@ -330,14 +330,14 @@ def load_text_encoder(source, *, tokenizer=None, dtype=None, device=None, weight
 
     scratch = torch.empty(max(math.prod(tensors.shape(name_map[n])) * tensors.dtype(name_map[n]).itemsize
                               for n in names), dtype=torch.uint8)  # one reused read buffer
-    for name in sorted(names, key=_numeric_order):
+    for name in sorted(names, key=numeric_order):
         raw = tensors.read(name_map[name], scratch)
         if tuple(raw.shape) != tuple(params[name].shape):
             raise CheckpointError(f"{path}: tensor {name_map[name]!r} has shape {tuple(raw.shape)}, expected "
                                   f"{tuple(params[name].shape)} for the encoder its other tensors describe")
         module_name, _, attr = name.rpartition(".")
         module = model.get_submodule(module_name)
-        tensor, scale = _convert(raw, _read_scale(tensors, name_map, name), compute, storage,
+        tensor, scale = _convert(raw, read_fp8_scale(tensors, name_map, name), compute, storage,
                                  small=isinstance(module, ScaledCastLinear))
         if tensor.untyped_storage().data_ptr() == scratch.untyped_storage().data_ptr():
             tensor = tensor.clone()  # still in the scratch buffer: give it memory of its own

@@ -202,7 +202,7 @@ def check_saved_frames(prompt, save_id, images, downloads, base):
     expected = ((vae.decode(vae.encode(frames, normalized=False), normalized=False) + 1) / 2)[0].permute(1, 2, 3, 0)
     files = sorted(downloads.rglob("*.png"))
     assert len(files) == n, files
-    saved = torch.stack([torch.from_numpy(np.asarray(Image.open(f).convert("RGB"))) for f in files]).float() / 255
+    saved = torch.stack([torch.from_numpy(np.array(Image.open(f).convert("RGB"))) for f in files]).float() / 255
     diff = (saved - expected).abs().max().item()
     print(f"round trip: {n} PNGs {w}x{h}, max |saved - wan_core| = {diff:.4f} (8-bit quantization: 0.002)")
     assert diff <= 1.5 / 255, diff
