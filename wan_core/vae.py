@@ -86,25 +86,28 @@ class CausalConv3d(nn.Conv3d):
         self.time_pad = 2 * padding[0]
         self.history: torch.Tensor | None = None
 
-    def causal(self, x: torch.Tensor, past: torch.Tensor | None) -> torch.Tensor:
-        """Convolve `x` with the frames `past` (or zeros where there are none) in front."""
+    def with_past(self, x: torch.Tensor, past: torch.Tensor | None) -> torch.Tensor:
+        """`x` with the frames `past` (or zeros where there are none) in front: time_pad extra frames."""
         missing = self.time_pad - (past.shape[2] if past is not None else 0)
         parts = [past] if past is not None else []
         if missing > 0:
             parts.insert(0, x.new_zeros(x.shape[0], x.shape[1], missing, *x.shape[3:]))
-        if parts:
-            x = torch.cat(parts + [x], dim=2)
-        return super().forward(x)
+        return torch.cat(parts + [x], dim=2) if parts else x
+
+    def causal(self, x: torch.Tensor, past: torch.Tensor | None) -> torch.Tensor:
+        return super().forward(self.with_past(x, past))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.time_pad == 0:
             return super().forward(x)
-        past = self.history
-        keep = x[:, :, -2:]
-        if keep.shape[2] < 2 and past is not None:
-            keep = torch.cat([past[:, :, -1:], keep], dim=2)
-        self.history = keep.clone()
-        return self.causal(x, past)
+        # The history is the last two frames of the padded input. Right after the first frame that
+        # is [zero, frame] where the official cache holds [frame] and pads one zero: the same frames.
+        past, self.history = self.history, None
+        padded = self.with_past(x, past)
+        del past  # its frames now live in `padded`: free them during the conv
+        out = super().forward(padded)
+        self.history = padded[:, :, -self.time_pad:].clone()
+        return out
 
 
 class RMSNorm(nn.Module):
@@ -131,7 +134,8 @@ class ResidualBlock(nn.Module):
         self.shortcut = CausalConv3d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.residual(x) + self.shortcut(x)
+        out = self.residual(x)
+        return out.add_(self.shortcut(x))  # in place: one full-size tensor less at the peak
 
 
 class AttentionBlock(nn.Module):
