@@ -249,3 +249,14 @@ def test_loader_errors(tmp_path, vaes):
         load_vae(path)
     with pytest.raises(FileNotFoundError):
         load_vae(tmp_path / "nope.safetensors")
+
+
+@pytest.mark.parametrize("version,millions,tensors", [("2.1", 126.9, 194), ("2.2", 704.7, 196)])
+def test_released_architecture_sizes(version, millions, tensors):
+    """The released widths give the spec's parameter and tensor counts (126.9 M / 194, 704.7 M / 196)."""
+    from wan_core.vae import VAEConfig, WanVAE
+    with torch.device("meta"):
+        vae = WanVAE(VAEConfig.released(version))
+    assert round(sum(p.numel() for p in vae.parameters()) / 1e6, 1) == millions
+    assert len(vae.state_dict()) == tensors
+    assert vae.config.stride == ((4, 8, 8) if version == "2.1" else (4, 16, 16))
