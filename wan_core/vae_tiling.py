@@ -16,9 +16,10 @@ import math
 import torch
 
 # Working memory of the chunk loop, in elements per pixel of one output frame (decode) or input
-# frame (encode), fp32, released widths. Measured on the CPU with bench/bench_vae.py (2.1 decode:
-# 3.5k at 832x480, rounded up); about 60 % of it is the causal history (two frames per cached conv), the rest
-# the activations of one chunk. The 2.1 encode and 2.2 figures are estimates from the same count.
+# frame (encode), fp32, released widths. Measured on the CPU with bench/bench_vae.py: 2.1 decode
+# 3.5k (832x480, rounded up to 4k), 2.2 decode 3.0k (416x256). About 60 % of it is the causal
+# history (two frames per cached conv), the rest the activations of one chunk. The encode figures
+# are estimates from the same count (not measured yet).
 PEAK_ELEMENTS_PER_PIXEL = {("2.1", "decode"): 4000.0, ("2.1", "encode"): 2500.0,
                            ("2.2", "decode"): 3000.0, ("2.2", "encode"): 2000.0}
 MIN_TILE = 8  # latent pixels; smaller tiles are mostly overlap
