@@ -177,7 +177,7 @@ class Resample(nn.Module):
             if mode == "upsample3d":
                 self.time_conv = CausalConv3d(dim, dim * 2, (3, 1, 1), padding=(1, 0, 0))
         self.temporal = mode.endswith("3d")
-        self.state = None  # None: no chunk seen yet; then the frames the time conv needs next
+        self.state = None  # None: no chunk seen yet; downsample3d: the last frame the time conv needs next
 
     def per_frame(self, x: torch.Tensor) -> torch.Tensor:
         b, c, t, h, w = x.shape
@@ -194,14 +194,11 @@ class Resample(nn.Module):
 
     def _time_upsample(self, x: torch.Tensor) -> torch.Tensor:
         if self.state is None:  # the first chunk is one image frame: not doubled
-            self.state = "first"
+            self.state = "seen"
             return x
-        first = isinstance(self.state, str)
-        keep = x[:, :, -2:]
-        if keep.shape[2] < 2:  # history right after the first chunk starts from a zero frame
-            keep = torch.cat([torch.zeros_like(keep) if first else self.state[:, :, -1:], keep], dim=2)
-        y = self.time_conv.causal(x, None if first else self.state)
-        self.state = keep.clone()
+        # From the second chunk on, time_conv is an ordinary causal conv that starts from zeros:
+        # its own history reproduces the official cache ("Rep", then the last two frames).
+        y = self.time_conv(x)
         b, c2, t, h, w = y.shape
         # channels [0:c] make frame 2t, channels [c:2c] frame 2t+1
         return y.reshape(b, 2, c2 // 2, t, h, w).permute(0, 2, 3, 1, 4, 5).reshape(b, c2 // 2, 2 * t, h, w)

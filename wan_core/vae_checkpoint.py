@@ -12,10 +12,10 @@ from pathlib import Path
 
 import torch
 
+from .dit_checkpoint import FP8_DTYPES
 from .tensor_files import CheckpointError, MultiFile, open_tensor_file
 from .vae import VAEConfig, WanVAE, latent_stats
 
-FP8 = (torch.float8_e4m3fn, torch.float8_e5m2)
 PREFIXES = ("first_stage_model.", "vae.")  # full-checkpoint prefixes that may wrap a VAE
 
 
@@ -49,8 +49,8 @@ def _resnet(rest: str) -> str:
     return rest  # resample.* / time_conv.* keep their names
 
 
-def diffusers_to_official(key: str) -> str:
-    """Rename one diffusers AutoencoderKLWan key (2.1 or 2.2) to the official name."""
+def diffusers_to_official(key: str, is_22: bool) -> str:
+    """Rename one diffusers AutoencoderKLWan key (Wan2.1 or Wan2.2 VAE) to the official name."""
     top = {"quant_conv.": "conv1.", "post_quant_conv.": "conv2."}
     for new, old in top.items():
         if key.startswith(new):
@@ -66,7 +66,9 @@ def diffusers_to_official(key: str) -> str:
         (r"down_blocks\.(\d+)\.resnets\.(\d+)\.(.*)", lambda m: f"downsamples.{m[1]}.downsamples.{m[2]}.{_resnet(m[3])}"),
         (r"down_blocks\.(\d+)\.downsampler\.(.*)", lambda m: f"downsamples.{m[1]}.downsamples.2.{m[2]}"),
         (r"up_blocks\.(\d+)\.upsampler\.(.*)", lambda m: f"upsamples.{m[1]}.upsamples.3.{m[2]}"),
-        # Wan2.1 decoder: 3 resnets + 1 upsampler per stage, flattened
+        (r"up_blocks\.(\d+)\.resnets\.(\d+)\.(.*)", lambda m: (
+            f"upsamples.{m[1]}.upsamples.{m[2]}.{_resnet(m[3])}" if is_22  # Wan2.2: named sub-blocks
+            else f"upsamples.{4 * int(m[1]) + int(m[2])}.{_resnet(m[3])}")),  # Wan2.1: flattened, 4 per stage
         (r"up_blocks\.(\d+)\.upsamplers\.0\.(.*)", lambda m: f"upsamples.{4 * int(m[1]) + 3}.{m[2]}"),
         # Wan2.1 encoder: flat index kept
         (r"down_blocks\.(\d+)\.(.*)", lambda m: f"downsamples.{m[1]}.{_resnet(m[2])}"),
@@ -89,13 +91,7 @@ def official_key_map(keys: list[str]) -> dict[str, str]:
             if name.startswith(p):
                 name = name[len(p):]
         if diffusers:
-            m = re.fullmatch(r"decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.(.*)", name)
-            if m and is_22:
-                name = f"decoder.upsamples.{m[1]}.upsamples.{m[2]}.{_resnet(m[3])}"
-            elif m:
-                name = f"decoder.upsamples.{4 * int(m[1]) + int(m[2])}.{_resnet(m[3])}"
-            else:
-                name = diffusers_to_official(name)
+            name = diffusers_to_official(name, is_22)
         out[name] = k
     return out
 
@@ -137,15 +133,14 @@ def load_vae(source, *, dtype: torch.dtype | None = None, device=None) -> WanVAE
     dtype: the compute/storage dtype (default fp32, as the official code runs the VAE).
     """
     tensors, path = open_vae_source(source)
-    keys = list(tensors.keys())
-    name_map = official_key_map(keys)
+    name_map = official_key_map(list(tensors.keys()))
     cfg = detect_vae_config(lambda n: tuple(tensors.shape(name_map[n])), set(name_map), path)
     dtype = dtype or torch.float32
     with torch.device("meta"):
         vae = WanVAE(cfg)
-    expected = set(vae.state_dict())
-    missing = sorted(expected - set(name_map))
-    unexpected = sorted(set(name_map) - expected)
+    expected = {name: tuple(t.shape) for name, t in vae.state_dict().items()}
+    missing = sorted(expected.keys() - set(name_map))
+    unexpected = sorted(set(name_map) - expected.keys())
     if missing or unexpected:
         raise CheckpointError(
             f"{path}: weights do not match a Wan{cfg.version} VAE (enc {cfg.enc_dim}, dec {cfg.dec_dim}, z {cfg.z_dim}) - "
@@ -153,12 +148,11 @@ def load_vae(source, *, dtype: torch.dtype | None = None, device=None) -> WanVAE
             f"unexpected {unexpected[:6]}{' ...' if len(unexpected) > 6 else ''}"
         )
     state = {}
-    for name in expected:
+    for name, want in expected.items():
         t = tensors.read(name_map[name])
-        want = vae.state_dict()[name].shape
-        if tuple(t.shape) != tuple(want):
-            raise CheckpointError(f"{path}: tensor {name!r} has shape {tuple(t.shape)}, expected {tuple(want)}")
-        state[name] = (t.float() if t.dtype in FP8 else t).to(dtype)
+        if tuple(t.shape) != want:
+            raise CheckpointError(f"{path}: tensor {name!r} has shape {tuple(t.shape)}, expected {want}")
+        state[name] = (t.float() if t.dtype in FP8_DTYPES else t).to(dtype)
     vae.load_state_dict(state, strict=True, assign=True)
     vae.latent_mean, vae.latent_inv_std = latent_stats(cfg)  # built on meta: make them real
     return vae.to(device or "cpu").eval().requires_grad_(False)

@@ -15,6 +15,8 @@ import math
 
 import torch
 
+from .vae import RELEASED
+
 # Working memory of the chunk loop, in elements per pixel of one output frame (decode) or input
 # frame (encode), fp32, released widths. Measured on the CPU with bench/bench_vae.py: 2.1 decode
 # 3.5k (832x480, rounded up to 4k), 2.2 decode 3.0k (416x256). About 60 % of it is the causal
@@ -36,7 +38,6 @@ def estimate_peak_bytes(vae, latent_hw: tuple[int, int], mode: str = "decode") -
 
 def _width_ratio(cfg) -> float:
     """Tiny test models have narrower layers than the released ones: scale the estimate."""
-    from .vae import RELEASED
     return cfg.dec_dim / RELEASED[cfg.version][1]
 
 
@@ -93,46 +94,44 @@ def _tiles(h: int, w: int, tile: tuple[int, int]):
 
 
 def _blend(out: torch.Tensor | None, weight: torch.Tensor | None, piece: torch.Tensor, y: int, x: int,
-           scale: int, tile_geom, full_hw):
-    """Accumulate `piece` (latent-grid tile scaled by `scale`) with its ramp weights."""
-    _, _, th, tw, oh, ow = tile_geom
+           overlap_hw: tuple[int, int], full_hw: tuple[int, int]):
+    """Accumulate `piece` at (y, x) with its ramp weights (all in output pixels)."""
     H, W = full_hw
     ph, pw = piece.shape[-2:]
-    wy = _ramp(ph, y * scale, y * scale + ph, H, oh * scale)
-    wx = _ramp(pw, x * scale, x * scale + pw, W, ow * scale)
+    wy = _ramp(ph, y, y + ph, H, overlap_hw[0])
+    wx = _ramp(pw, x, x + pw, W, overlap_hw[1])
     wgt = (wy[:, None] * wx[None, :]).to(piece.device)
     if out is None:
         out = piece.new_zeros(*piece.shape[:-2], H, W)
         weight = piece.new_zeros(H, W)
-    out[..., y * scale: y * scale + ph, x * scale: x * scale + pw] += piece * wgt
-    weight[y * scale: y * scale + ph, x * scale: x * scale + pw] += wgt
+    out[..., y: y + ph, x: x + pw] += piece * wgt
+    weight[y: y + ph, x: x + pw] += wgt
     return out, weight
+
+
+def _run_tiles(run, source: torch.Tensor, tile: tuple[int, int], in_scale: int, out_scale: int,
+               chunks: int, callback=None) -> torch.Tensor:
+    """Apply `run(piece, callback, progress_offset, progress_total)` tile by tile and blend.
+    Tiles are laid out on the latent grid; `in_scale` / `out_scale` are source / result pixels per
+    latent pixel (decode: 1 / stride, encode: stride / 1)."""
+    h, w = source.shape[-2] // in_scale, source.shape[-1] // in_scale
+    tiles = _tiles(h, w, tile)
+    out = weight = None
+    for i, (y, x, th, tw, oh, ow) in enumerate(tiles):
+        piece = run(source[..., y * in_scale:(y + th) * in_scale, x * in_scale:(x + tw) * in_scale],
+                    callback, i * chunks, len(tiles) * chunks)
+        out, weight = _blend(out, weight, piece, y * out_scale, x * out_scale, (oh * out_scale, ow * out_scale),
+                             (h * out_scale, w * out_scale))
+    return out / weight
 
 
 def tiled_decode(vae, z: torch.Tensor, tile: tuple[int, int], callback=None) -> torch.Tensor:
     """Decode un-normalized latents tile by tile; -> video in [-1, 1]."""
-    h, w = z.shape[-2:]
-    s = vae.config.stride[1]
-    tiles = _tiles(h, w, tile)
-    total = len(tiles) * z.shape[2]
-    out = weight = None
-    for i, geom in enumerate(tiles):
-        y, x, th, tw, _, _ = geom
-        piece = vae.decode_untiled(z[..., y:y + th, x:x + tw], callback, i * z.shape[2], total)
-        out, weight = _blend(out, weight, piece, y, x, s, geom, (h * s, w * s))
-    return (out / weight).clamp_(-1.0, 1.0)
+    video = _run_tiles(vae.decode_untiled, z, tile, 1, vae.config.stride[1], z.shape[2], callback)
+    return video.clamp_(-1.0, 1.0)
 
 
 def tiled_encode(vae, video: torch.Tensor, tile: tuple[int, int], callback=None) -> torch.Tensor:
     """Encode a [-1, 1] video tile by tile; -> un-normalized posterior mean."""
-    s = vae.config.stride[1]
-    h, w = video.shape[-2] // s, video.shape[-1] // s
-    tiles = _tiles(h, w, tile)
     chunks = 1 + (video.shape[2] - 1) // 4
-    total = len(tiles) * chunks
-    out = weight = None
-    for i, geom in enumerate(tiles):
-        y, x, th, tw, _, _ = geom
-        piece = vae.encode_untiled(video[..., y * s:(y + th) * s, x * s:(x + tw) * s], callback, i * chunks, total)
-        out, weight = _blend(out, weight, piece, y, x, 1, geom, (h, w))
-    return out / weight
+    return _run_tiles(vae.encode_untiled, video, tile, vae.config.stride[1], 1, chunks, callback)
