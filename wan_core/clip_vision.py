@@ -33,7 +33,6 @@ loading) but never run.
 from __future__ import annotations
 
 import inspect
-import json
 import math
 import re
 from collections import defaultdict
@@ -45,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .dit_checkpoint import numeric_order, resolve_dtype
-from .tensor_files import CheckpointError, MultiFile, open_tensor_file
+from .tensor_files import CheckpointError, MultiFile, open_tensor_file, open_weights_folder, read_json
 
 if TYPE_CHECKING:  # transformers is imported lazily: importing wan_core stays cheap
     from transformers import CLIPVisionConfig, CLIPVisionModel
@@ -397,31 +396,16 @@ def _open_source(source):
         raise FileNotFoundError(f"{path}: no such file or folder")
     if not path.is_dir():
         return open_tensor_file(path), None, path
-    # HF's own file names first: hub folders may also hold open_clip copies of the same weights
-    index = sorted(path.glob("model.safetensors.index.json")) or sorted(path.glob("*.safetensors.index.json"))
-    if (path / "model.safetensors").exists():
-        files = [path / "model.safetensors"]
-    elif index:
-        try:
-            shards = sorted(set(json.loads(index[0].read_text())["weight_map"].values()))
-        except (json.JSONDecodeError, KeyError, AttributeError) as exc:
-            raise CheckpointError(f"{index[0]}: expected a shard index with a 'weight_map' ({exc!r})") from None
-        files = [path / s for s in shards]
-    else:
-        files = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin")) + sorted(path.glob("*.pth"))
-    if not files:
-        raise CheckpointError(f"{path}: expected an HF CLIP folder (config.json + model.safetensors); found no weights")
-    return MultiFile([open_tensor_file(f) for f in files]), _read_config(path), path
+    # HF's own file name first: hub folders may also hold open_clip copies of the same weights
+    files = open_weights_folder(path, "an HF CLIP folder (config.json + model.safetensors)", prefer="model.safetensors")
+    return files, _read_config(path), path
 
 
 def _read_config(folder: Path) -> dict | None:
     cfg = folder / "config.json"
-    if not cfg.exists():
+    data = read_json(cfg)
+    if data is None:
         return None
-    try:
-        data = json.loads(cfg.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{cfg}: not valid JSON ({exc})") from None
     kind = data.get("model_type")
     if kind == "clip" and isinstance(data.get("vision_config"), dict):
         return data["vision_config"]

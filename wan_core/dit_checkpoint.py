@@ -11,7 +11,6 @@ or a weights-only .pth/.pt. It
 """
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import torch
 
 from .model import CastConv3d, CastLinear, WanConfig, WanDiT
-from .tensor_files import CheckpointError, MultiFile, open_tensor_file
+from .tensor_files import CheckpointError, MultiFile, open_tensor_file, open_weights_folder, read_json
 
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 # Prefixes under which Wan DiT weights are found (ComfyUI checkpoints, DDP, LoRA-style exports).
@@ -110,33 +109,12 @@ def _open_folder(folder: Path):
     if (folder / "model_index.json").exists() and (folder / "transformer").is_dir():
         # a diffusers pipeline root: the transformer (for Wan2.2 A14B: the high-noise expert)
         return _open_folder(folder / "transformer")
-    index = sorted(folder.glob("*.safetensors.index.json"))
-    if index:
-        try:
-            weight_map = json.loads(index[0].read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError) as exc:
-            raise CheckpointError(f"{index[0]}: expected a shard index with a 'weight_map', got {exc!r}") from None
-        shards = sorted(set(weight_map.values()))
-        missing = [s for s in shards if not (folder / s).exists()]
-        if missing:
-            raise CheckpointError(f"{index[0]}: lists shard(s) {missing} that are not in {folder}")
-        files = [open_tensor_file(folder / s) for s in shards]
-    else:
-        found = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.pth")) + sorted(folder.glob("*.pt"))
-        if not found:
-            raise CheckpointError(f"{folder}: expected .safetensors shards (with an index json) or a .pth; found none")
-        files = [open_tensor_file(p) for p in found]
-    return MultiFile(files), _read_config(folder), _hints(folder)
+    files = open_weights_folder(folder, "a Wan DiT (.safetensors shards with an index json, or a .pth)")
+    return files, _read_config(folder), _hints(folder)
 
 
 def _read_config(folder: Path):
-    cfg = folder / "config.json"
-    if not cfg.exists():
-        return None
-    try:
-        return json.loads(cfg.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{cfg}: not valid JSON ({exc})") from None
+    return read_json(folder / "config.json")
 
 
 def _hints(path: Path) -> str:

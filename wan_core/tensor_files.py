@@ -178,6 +178,41 @@ class MultiFile:
         return self._owner[key].read(key, scratch)
 
 
+def read_json(path: Path) -> dict | None:
+    """A JSON file next to the weights (config.json, ...), or None when absent."""
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
+
+
+def open_weights_folder(folder: Path, what: str, prefer: str | None = None) -> MultiFile:
+    """The weights of a model folder as one key space: the file `prefer` when present, else the
+    shards a `*.safetensors.index.json` lists, else every .safetensors, else the .pth/.pt/.bin files.
+    `what` names the expected content in the error when there are none."""
+    index = sorted(folder.glob("*.safetensors.index.json"), key=lambda p: (p.name != f"{prefer}.index.json", p.name))
+    if prefer and (folder / prefer).exists():
+        files = [folder / prefer]
+    elif index:
+        try:
+            shards = sorted(set(json.loads(index[0].read_text())["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+            raise CheckpointError(f"{index[0]}: expected a shard index with a 'weight_map', got {exc!r}") from None
+        files = [folder / s for s in shards]
+        missing = [f.name for f in files if not f.exists()]
+        if missing:
+            raise CheckpointError(f"{index[0]}: lists shard(s) {missing} that are not in {folder}")
+    else:
+        files = sorted(folder.glob("*.safetensors")) or sorted(
+            p for suffix in (".pth", ".pt", ".bin") for p in folder.glob("*" + suffix))
+    if not files:
+        raise CheckpointError(f"{folder}: expected {what}; found no weights (.safetensors, shards with an index "
+                              f"json, or .pth/.pt/.bin)")
+    return MultiFile([open_tensor_file(f) for f in files])
+
+
 def open_tensor_file(path: str | os.PathLike):
     """Open a .safetensors / .sft or .pth / .pt / .ckpt / .bin file by its extension."""
     path = Path(path)

@@ -18,7 +18,6 @@ list back to [B, 512, dim], the form the DiT and ComfyUI's CONDITIONING take.
 """
 from __future__ import annotations
 
-import json
 import math
 import re
 import types
@@ -30,7 +29,7 @@ import torch.nn.functional as F
 
 from .dit_checkpoint import FP8_DTYPES, numeric_order, read_fp8_scale, resolve_dtype, quantize_fp8
 from .model import CastLinear
-from .tensor_files import CheckpointError, MultiFile, open_tensor_file
+from .tensor_files import CheckpointError, MultiFile, open_tensor_file, open_weights_folder, read_json
 from .text_tokenizer import (TEXT_LEN, SentencePieceTokenizer, TokenizerError, check_prompts, clean_prompt,
                              is_tokenizer_folder, load_tokenizer, tokenizer_candidates)
 
@@ -216,7 +215,7 @@ def _open_source(source):
         if not source:
             raise CheckpointError("load_text_encoder: empty list of shard files")
         paths = [Path(p) for p in source]
-        return MultiFile([open_tensor_file(p) for p in paths]), _read_json(paths[0].parent / "config.json"), paths[0]
+        return MultiFile([open_tensor_file(p) for p in paths]), read_json(paths[0].parent / "config.json"), paths[0]
     path = Path(source)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or folder")
@@ -226,29 +225,8 @@ def _open_source(source):
         path = sorted(path.glob("models_t5*.pth"))[0]  # an official Wan checkpoint folder
     if not path.is_dir():
         return open_tensor_file(path), None, path
-    index = sorted(path.glob("*.safetensors.index.json"))
-    if index:
-        weight_map = (_read_json(index[0]) or {}).get("weight_map")
-        if not isinstance(weight_map, dict):
-            raise CheckpointError(f"{index[0]}: expected a shard index with a 'weight_map'")
-        files = [path / s for s in sorted(set(weight_map.values()))]
-        if missing := [f.name for f in files if not f.exists()]:
-            raise CheckpointError(f"{index[0]}: lists shard(s) {missing} that are not in {path}")
-    else:
-        files = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.pth")) + sorted(path.glob("*.bin"))
-        if not files:
-            raise CheckpointError(f"{path}: expected model.safetensors, shards with an index json, or a .pth; "
-                                  f"found none")
-    return MultiFile([open_tensor_file(f) for f in files]), _read_json(path / "config.json"), path
-
-
-def _read_json(path: Path):
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
+    files = open_weights_folder(path, "a UMT5 encoder (model.safetensors, shards with an index json, or a .pth)")
+    return files, read_json(path / "config.json"), path
 
 
 def _find_tokenizer(tokenizer, tensors, markers: dict, path: Path):

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from .dit_checkpoint import FP8_DTYPES
-from .tensor_files import CheckpointError, MultiFile, open_tensor_file
+from .tensor_files import CheckpointError, open_tensor_file, open_weights_folder
 from .vae import VAEConfig, WanVAE, latent_stats
 
 PREFIXES = ("first_stage_model.", "vae.")  # full-checkpoint prefixes that may wrap a VAE
@@ -28,10 +28,7 @@ def open_vae_source(source):
         return open_tensor_file(path), path
     if (path / "vae").is_dir():
         path = path / "vae"
-    files = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.pth")) + sorted(path.glob("*.bin"))
-    if not files:
-        raise CheckpointError(f"{path}: expected a VAE .safetensors (diffusers vae/ folder) or .pth; found none")
-    return (MultiFile([open_tensor_file(f) for f in files]) if len(files) > 1 else open_tensor_file(files[0])), path
+    return open_weights_folder(path, "a Wan VAE (a diffusers vae/ folder or a .pth)"), path
 
 
 # --------------------------------------------------------------------------------------------
