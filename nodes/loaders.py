@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..wan_core import load_clip_vision, load_dit, load_text_encoder, load_vae
+from ..wan_core.dit_checkpoint import resolve_dtype
 from ..wan_core.text_tokenizer import is_tokenizer_folder
 from .comfy_bridge import ModelHandle, folder_roots, list_model_files, model_file_path
 
@@ -132,11 +133,10 @@ class WanFlowLoadVAE:
 
     def load(self, vae_name, dtype="auto"):
         path = model_file_path("vae", vae_name)
-        chosen = VAE_DTYPES[dtype] or _AUTO_16BIT.get(auto_compute_dtype(), torch.float32)
+        chosen = VAE_DTYPES[dtype] or resolve_dtype(auto_compute_dtype()) or torch.float32
         return (ModelHandle(load_vae(path, dtype=chosen), name=vae_name, role="vae"),)
 
 
-_AUTO_16BIT = {"bf16": torch.bfloat16, "fp16": torch.float16}
 TEXT_DEVICES = ["default", "cpu"]
 TEXT_WEIGHT_DTYPES = {
     "default": None,
@@ -148,15 +148,11 @@ AUTO_TOKENIZER = "auto (embedded in the file or next to it)"
 
 def tokenizer_folders() -> list[str]:
     """Tokenizer folders (tokenizer.json or spiece.model) under models/text_encoders, as relative paths."""
-    found = []
+    found = set()
     for root in folder_roots("text_encoders"):
-        if not root.is_dir():
-            continue
-        for marker in ("tokenizer.json", "spiece.model"):
-            for f in root.rglob(marker):
-                rel = str(f.parent.relative_to(root)).replace("\\", "/")
-                if rel not in found and rel != "." and is_tokenizer_folder(f.parent):
-                    found.append(rel)
+        if root.is_dir():
+            found |= {str(f.parent.relative_to(root)).replace("\\", "/")
+                      for marker in ("tokenizer.json", "spiece.model") for f in root.rglob(marker) if f.parent != root}
     return sorted(found)
 
 
