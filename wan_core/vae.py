@@ -530,3 +530,25 @@ def latent_stats(cfg: VAEConfig) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _triple(v) -> tuple:
     return tuple(v) if isinstance(v, (tuple, list)) else (v, v, v)
+
+
+LATENT_VERSIONS = {16: "2.1", 48: "2.2"}  # latent channels -> the VAE whose statistics apply
+
+
+def _stats_for(latent: torch.Tensor):
+    version = LATENT_VERSIONS.get(latent.shape[1]) if latent.ndim == 5 else None
+    if version is None:
+        raise ValueError(f"expected a Wan video latent [B, 16 or 48, T, h, w]; found shape {tuple(latent.shape)}")
+    mean, inv_std = latent_stats(VAEConfig.released(version))
+    return mean.to(latent.device, latent.dtype), inv_std.to(latent.device, latent.dtype)
+
+
+def normalize_latent(raw: torch.Tensor) -> torch.Tensor:
+    """Raw VAE latent (ComfyUI's LATENT convention) -> the normalized latent the DiT works on."""
+    mean, inv_std = _stats_for(raw)
+    return (raw - mean) * inv_std
+
+
+def denormalize_latent(z: torch.Tensor) -> torch.Tensor:
+    mean, inv_std = _stats_for(z)
+    return z / inv_std + mean
