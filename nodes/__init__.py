@@ -1,6 +1,9 @@
 """ComfyUI nodes of wan-flow: thin adapters over wan_core (no math here)."""
 from .loaders import (WanFlowLoadCLIPVision, WanFlowLoadDiffusionModel, WanFlowLoadTextEncoder, WanFlowLoadVAE,
                       WanFlowModelInfo)
+from .image_to_video import WanFlowImageToVideo
+from .sampling import WanFlowEmptyLatent, WanFlowSampler
+from .save_video import WanFlowSaveVideo
 from .text import WanFlowTextEncode
 from .video_vae import WanFlowVAEDecode, WanFlowVAEEncode
 
@@ -13,6 +16,10 @@ NODE_CLASS_MAPPINGS = {
     "WanFlowTextEncode": WanFlowTextEncode,
     "WanFlowVAEEncode": WanFlowVAEEncode,
     "WanFlowVAEDecode": WanFlowVAEDecode,
+    "WanFlowEmptyLatent": WanFlowEmptyLatent,
+    "WanFlowImageToVideo": WanFlowImageToVideo,
+    "WanFlowSampler": WanFlowSampler,
+    "WanFlowSaveVideo": WanFlowSaveVideo,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "WanFlowLoadDiffusionModel": "WanFlow Load Diffusion Model",
@@ -23,4 +30,8 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "WanFlowTextEncode": "WanFlow Text Encode",
     "WanFlowVAEEncode": "WanFlow VAE Encode",
     "WanFlowVAEDecode": "WanFlow VAE Decode",
+    "WanFlowEmptyLatent": "WanFlow Empty Latent",
+    "WanFlowImageToVideo": "WanFlow Image To Video",
+    "WanFlowSampler": "WanFlow Sampler",
+    "WanFlowSaveVideo": "WanFlow Save Video",
 }

@@ -105,20 +105,24 @@ class ModelHandle:
         return f"<WanFlow {self.role} {label}>"
 
 
-def progress_callback():
-    """A wan_core `callback(done, total)` driving a ComfyUI progress bar; every update is also a
-    cancellation point. Outside ComfyUI: None."""
+def progress_callback(preview=None):
+    """A wan_core `callback(done, total, *state)` driving a ComfyUI progress bar; every update is also
+    a cancellation point. With `preview` (state[0] -> PIL image), each update also sends that image
+    to the browser. Outside ComfyUI: None."""
     utils = _comfy("comfy.utils")
     mm = _comfy("comfy.model_management")
     if utils is None or mm is None:
         return None
+    cli = _comfy("comfy.cli_args")
+    size = getattr(getattr(cli, "args", None), "preview_size", 512)
     bar = None
 
-    def update(done: int, total: int) -> None:
+    def update(done: int, total: int, *state) -> None:
         nonlocal bar
         if bar is None:
             bar = utils.ProgressBar(total)
-        bar.update_absolute(done, total)
+        image = ("JPEG", preview(state[0]), size) if preview is not None and state else None
+        bar.update_absolute(done, total, image)
         mm.throw_exception_if_processing_interrupted()
 
     return update

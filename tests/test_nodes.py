@@ -32,7 +32,8 @@ def test_import_is_light_and_exports_mappings():
 
 
 ALL_NODES = ["WanFlowLoadDiffusionModel", "WanFlowModelInfo", "WanFlowLoadVAE", "WanFlowLoadTextEncoder",
-             "WanFlowLoadCLIPVision", "WanFlowTextEncode", "WanFlowVAEEncode", "WanFlowVAEDecode"]
+             "WanFlowLoadCLIPVision", "WanFlowTextEncode", "WanFlowVAEEncode", "WanFlowVAEDecode",
+             "WanFlowEmptyLatent", "WanFlowImageToVideo", "WanFlowSampler", "WanFlowSaveVideo"]
 
 
 def test_every_node_is_registered():
