@@ -426,8 +426,9 @@ def test_native_interop(server, checkpoint, tmp_path):
                "positive": ["4", 0], "negative": ["4", 1], "latent": ["5", 0]}
     prompt = {
         "1": {"class_type": "UNETLoader", "inputs": {"unet_name": CKPT_NAME, "weight_dtype": "default"}},
+        # ComfyUI runs this fp16 file in fp32 on the CPU: the same compute dtype makes the paths comparable
         "2": {"class_type": "WanFlowLoadDiffusionModel", "inputs": {"model_name": CKPT_NAME, "weight_dtype": "default",
-                                                                     "compute_dtype": "auto"}},
+                                                                     "compute_dtype": "fp32"}},
         "3": {"class_type": "WanFlowLoadTextEncoder", "inputs": te},
         "4": {"class_type": "WanFlowTextEncode", "inputs": {"text_encoder": ["3", 0], "positive": "a red fox in snow",
                                                              "negative": "", "variant": "wan2.1 t2v (1.3B / 14B)"}},
@@ -457,7 +458,7 @@ def test_native_interop(server, checkpoint, tmp_path):
     print(f"native UNETLoader model vs WanFlow loader in WanFlow Sampler: max |latent diff| {diff:.2e} "
           f"(|latent| max {pack.abs().max():.2f})")
     assert pack.shape == (1, 16, 2, 8, 8) and pack.abs().max() > 0.1
-    assert diff <= 1e-3
+    assert diff <= 1e-4
     import numpy as np
     images = {}
     for name in ("native_decode", "pack_decode"):
