@@ -4,6 +4,7 @@ For every UI-format workflow in workflows/*.json (what ComfyUI lists under Templ
 node types, widget values against INPUT_TYPES, link consistency, and that its API-format twin in
 workflows/api/ is exactly the UI graph converted the way the frontend does it (comfyui.md §11.3).
 """
+import importlib.util
 import json
 from pathlib import Path
 
@@ -19,14 +20,16 @@ FRONTEND_ONLY = {"Note", "MarkdownNote", "PrimitiveNode", "Reroute"}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
 MODEL_SUFFIXES = (".safetensors", ".sft", ".pth", ".pt", ".ckpt", ".bin")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
 class _Native:
-    """INPUT_TYPES / RETURN_TYPES of the ComfyUI core nodes our workflows use (ComfyUI's nodes.py);
-    the COMFYUI_DIR end-to-end test checks the same workflows against the real ones."""
+    """INPUT_TYPES / RETURN_TYPES of the ComfyUI core nodes our workflows use (ComfyUI 0.3.64: nodes.py,
+    comfy_extras/nodes_video.py as /object_info shows them); the COMFYUI_DIR end-to-end test checks the
+    same workflows against the real ones."""
 
-    def __init__(self, inputs: dict, returns: tuple):
-        self.spec, self.RETURN_TYPES = {"required": inputs}, returns
+    def __init__(self, inputs: dict, returns: tuple, optional: dict | None = None):
+        self.spec, self.RETURN_TYPES = {"required": inputs, **({"optional": optional} if optional else {})}, returns
 
 
 NATIVE_NODES = {
@@ -34,6 +37,12 @@ NATIVE_NODES = {
                            "batch_size": ("INT", {"min": 1, "max": 4096}), "color": ("INT", {"min": 0, "max": 0xFFFFFF})},
                           ("IMAGE",)),
     "SaveImage": _Native({"images": ("IMAGE", {}), "filename_prefix": ("STRING", {})}, ()),
+    # the dropdown lists the files in ComfyUI's input/ folder (unknown here: empty, like a file dropdown)
+    "LoadImage": _Native({"image": ([], {"image_upload": True})}, ("IMAGE", "MASK")),
+    "CreateVideo": _Native({"images": ("IMAGE", {}), "fps": ("FLOAT", {"default": 30.0, "min": 1.0, "max": 120.0})},
+                           ("VIDEO",), optional={"audio": ("AUDIO", {})}),
+    "SaveVideo": _Native({"video": ("VIDEO", {}), "filename_prefix": ("STRING", {}),
+                          "format": (["auto", "mp4"], {}), "codec": (["auto", "h264"], {})}, ()),
 }
 
 
@@ -68,8 +77,10 @@ def input_specs(spec: dict) -> list[tuple[str, str, object, dict]]:
 
 
 def widget_values_by_name(spec: dict, values: list) -> dict:
-    """Positional widgets_values -> {input name: value}; drops the UI-only control_after_generate entry."""
-    named, i = {}, 0
+    """Positional widgets_values -> {input name: value}; drops the UI-only entries: the
+    control_after_generate value after its widget, and the upload button of an image_upload combo
+    (LoadImage), which the frontend adds as the node's last widget with the value "image"."""
+    named, i, upload = {}, 0, False
     for name, kind, _, opts in input_specs(spec):
         if kind not in WIDGET_TYPES:
             continue  # socket-only input: no widget slot
@@ -79,6 +90,10 @@ def widget_values_by_name(spec: dict, values: list) -> dict:
         if opts.get("control_after_generate"):
             assert i < len(values) and values[i] in CONTROL_VALUES, f"{name}: missing control_after_generate value"
             i += 1
+        upload |= bool(opts.get("image_upload"))
+    if upload:
+        assert i < len(values) and values[i] == "image", "image_upload: missing the upload button's \"image\" value"
+        i += 1
     assert i == len(values), f"widgets_values has {len(values)} entries, INPUT_TYPES needs {i}"
     return named
 
@@ -140,6 +155,9 @@ def check_nodes(wf, nodes, fname):
             if kind == "COMBO":
                 if options:
                     assert value in options, f"{where}: {name}={value!r} not in {options}"
+                elif opts.get("image_upload"):  # LoadImage: a file in ComfyUI's input/ folder
+                    assert isinstance(value, str) and value.lower().endswith(IMAGE_SUFFIXES) and \
+                        "/.." not in "/" + value, f"{where}: {name}={value!r} is not an image file name"
                 else:  # a model-file dropdown (empty here): a plausible file name
                     assert isinstance(value, str) and value.endswith(MODEL_SUFFIXES) and "/.." not in "/" + value, \
                         f"{where}: {name}={value!r} is not a model file name"
@@ -153,12 +171,23 @@ def check_nodes(wf, nodes, fname):
                 assert isinstance(value, bool), f"{where}: {name} not a bool"
             if kind in ("INT", "FLOAT"):
                 assert opts.get("min", value) <= value <= opts.get("max", value), f"{where}: {name} out of range"
+        # the input slots in the order the frontend creates them: socket-only inputs, then one socket per
+        # widget (required, then optional), then LoadImage's upload button. Links address inputs by index.
+        order = [name for name, kind, _, _ in input_specs(spec) if kind not in WIDGET_TYPES]
+        order += [name for name, kind, _, _ in input_specs(spec) if kind in WIDGET_TYPES]
+        order += ["upload"] * any(opts.get("image_upload") for *_, opts in input_specs(spec))
+        assert [s["name"] for s in node.get("inputs", [])] == order, f"{where}: input slots differ from {order}"
         # every socket-only required input is present and connected
         sockets = {s["name"]: s for s in node.get("inputs", [])}
         for name, (kind, _, _) in specs.items():
             if kind not in WIDGET_TYPES and name in spec["required"]:
                 assert sockets.get(name, {}).get("link") is not None, f"{where}: required input {name!r} not connected"
         assert [o["type"] for o in node.get("outputs", [])] == list(cls.RETURN_TYPES), f"{where}: outputs differ"
+
+
+def accepts(input_type: str, output_type: str) -> bool:
+    """LiteGraph.isValidConnection for the types used here: "*" or one of the comma-separated types."""
+    return input_type == "*" or output_type in input_type.split(",")
 
 
 def check_links(wf, nodes, fname):
@@ -172,9 +201,12 @@ def check_links(wf, nodes, fname):
         inp = by_id[target]["inputs"][t_slot]
         assert link_id in (out.get("links") or []), f"{where}: not listed on its origin output"
         assert inp.get("link") == link_id, f"{where}: target input does not point back"
-        assert out["type"] == inp["type"] == typ, f"{where}: types {out['type']} -> {inp['type']} vs {typ}"
+        # the frontend stores the input's type on the link (input.type || output.type); an input may
+        # accept several types ("WANFLOW_MODEL,MODEL"), the output's type must be one of them
+        assert inp["type"] == typ, f"{where}: link type {typ} vs target input type {inp['type']}"
+        assert accepts(typ, out["type"]), f"{where}: {out['type']} output into a {typ} input"
         ocls, _ = nodes[by_id[origin]["type"]]
-        assert ocls.RETURN_TYPES[o_slot] == typ, f"{where}: origin returns {ocls.RETURN_TYPES[o_slot]}"
+        assert ocls.RETURN_TYPES[o_slot] == out["type"], f"{where}: origin returns {ocls.RETURN_TYPES[o_slot]}"
         tspec = {name: kind for name, kind, _, _ in input_specs(nodes[by_id[target]["type"]][1])}
         assert tspec.get(inp["name"]) == typ, f"{where}: target input {inp['name']!r} takes {tspec.get(inp['name'])}"
     # the reverse direction: every link id on a socket is a real link
@@ -199,6 +231,18 @@ def test_every_api_twin_has_a_ui_original():
     assert orphans == []
 
 
+def test_generated_workflows_are_up_to_date(nodes):
+    """The workflows that scripts/make_workflows.py generates are committed as it writes them."""
+    spec = importlib.util.spec_from_file_location("make_workflows", PACK_DIR / "scripts" / "make_workflows.py")
+    make = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make)
+    files = make.outputs(import_pack())
+    assert len(files) == 2 * len(make.GRAPHS) and all(p.parent in (WORKFLOWS, WORKFLOWS / "api") for p in files)
+    stale = [str(p.relative_to(PACK_DIR)) for p, text in files.items()
+             if not p.exists() or p.read_text(encoding="utf-8") != text]
+    assert stale == [], f"run .venv/bin/python scripts/make_workflows.py: {stale} differ from its output"
+
+
 def test_checker_catches_mistakes(nodes):
     """The checks above can fail: each broken copy of a shipped workflow is rejected."""
     spec = nodes["WanFlowLoadDiffusionModel"][1]
@@ -206,6 +250,11 @@ def test_checker_catches_mistakes(nodes):
         widget_values_by_name(spec, ["wan2.1_t2v_1.3B_fp16.safetensors", "default"])
     with pytest.raises(AssertionError, match="widgets_values has 4"):
         widget_values_by_name(spec, ["a.safetensors", "default", "auto", "extra"])
+    with pytest.raises(AssertionError, match="upload"):
+        widget_values_by_name(nodes["LoadImage"][1], ["example.png"])
+    with pytest.raises(AssertionError, match="control_after_generate"):
+        widget_values_by_name(nodes["WanFlowSampler"][1], [42, 30, "unipc", 8.0, 6.0, 1.0, 0.0, 0.0])
+    assert accepts("WANFLOW_MODEL,MODEL", "MODEL") and not accepts("WANFLOW_MODEL,MODEL", "IMAGE")
     original = json.loads(UI_FILES[0].read_text())
 
     def broken(edit):
@@ -221,7 +270,13 @@ def test_checker_catches_mistakes(nodes):
         "link type": (check_links, lambda wf: wf["links"][0].__setitem__(5, "MODEL")),
         "link slot": (check_links, lambda wf: wf["links"][0].__setitem__(4, 5)),
         "dangling": (check_links, lambda wf: wf["links"].clear()),
+        "input order": (check_nodes, lambda wf: wf["nodes"][loader]["inputs"].reverse()),
     }
+    image = next((i for i, n in enumerate(original["nodes"]) if n["type"] == "LoadImage"), None)
+    if image is not None:
+        bad_graphs["image file"] = (check_nodes,
+                                    lambda wf: wf["nodes"][image]["widgets_values"].__setitem__(0, "a.txt"))
+        bad_graphs["upload value"] = (check_nodes, lambda wf: wf["nodes"][image]["widgets_values"].pop())
     for what, (check, edit) in bad_graphs.items():
         with pytest.raises((AssertionError, IndexError, KeyError)):
             check(broken(edit), nodes, what)
