@@ -30,7 +30,7 @@ class WanFlowImageToVideo:
         "frame mask, plus CLIP vision features when a CLIP vision model is connected (needed by Wan2.1 I2V/FLF2V, "
         "not by Wan2.2); an end image makes it first-last-frame (FLF2V). With the Wan2.2 VAE (TI2V-5B): the "
         "encoded start frame becomes latent frame 0, kept during sampling. Images are center-cropped to the "
-        "aspect ratio of width x height, then resized (bicubic)."
+        "aspect ratio of width x height, then resized (bicubic); CLIP sees the original frames, as in the official code."
     )
     CATEGORY = "WanFlow/conditioning"
     FUNCTION = "condition"
@@ -65,8 +65,11 @@ class WanFlowImageToVideo:
         if width % (2 * stride) or height % (2 * stride) or (frames - 1) % 4:
             raise ValueError(f"width and height must be multiples of {2 * stride} and frames 1 + 4k for this VAE; "
                              f"found {width}x{height}, {frames} frames")
-        first = resize_image(_frame(start_image, "start_image", 0), height, width)
-        last = None if end_image is None else resize_image(_frame(end_image, "end_image", -1), height, width)
+        first_image = _frame(start_image, "start_image", 0)
+        last_image = None if end_image is None else _frame(end_image, "end_image", -1)
+        # the VAE gets the bicubic resize (unclamped, as official); CLIP the original frames (official)
+        first = resize_image(first_image, height, width)
+        last = None if last_image is None else resize_image(last_image, height, width)
         callback = progress_callback()
         if module.config.z_dim == 48:  # Wan2.2 TI2V-5B: the start frame is latent frame 0
             if last is not None:
@@ -78,7 +81,7 @@ class WanFlowImageToVideo:
         values = {"concat_latent_image": image_latent.float().to(intermediate_device()),
                   "concat_mask": (1 - known).float().to(intermediate_device())}  # ComfyUI's convention: 0 = given
         if clip_vision is not None:
-            fea = clip_features(clip_vision.load(), first, last)
+            fea = clip_features(clip_vision.load(), first_image, last_image)
             values["clip_vision_output"] = ClipVisionFeatures(fea.float().to(intermediate_device()))
         samples = torch.zeros(batch_size, *image_latent.shape[1:], device=intermediate_device())
         return _with(positive, values), _with(negative, values), {"samples": samples}

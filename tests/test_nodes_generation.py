@@ -90,10 +90,15 @@ def test_image_to_video_i2v_and_flf(tiny_models):
     pos, neg = conditioning(cfg, 1, 9), conditioning(cfg, 2, 5)
 
     class FakeClip:  # the DiT only sees 1280-wide features; the real encoder is tested elsewhere
+        seen = []
+
         def encode(self, images):
+            self.seen.append(images)
             return images.mean(dim=(1, 2, 3))[:, None, None].expand(images.shape[0], 257, 1280).contiguous()
 
     start, end = image(40, 60, 1), image(40, 60, 2)
+    start[0, :, :30] = 1.0  # a hard edge: the bicubic resize overshoots [-1, 1] (what the VAE gets, as official)
+    start[0, :, 30:] = 0.0
     p, n, lat = node("WanFlowImageToVideo").condition(pos, neg, handle(vae, "vae"), start, 96, 64, 9, 1,
                                                       clip_vision=handle(FakeClip(), "clip_vision"), end_image=end)
     first = resize_image(start.movedim(-1, 1) * 2 - 1, 64, 96)
@@ -103,6 +108,9 @@ def test_image_to_video_i2v_and_flf(tiny_models):
     assert torch.allclose(extras["concat_latent_image"], image_latent)
     assert torch.equal(extras["concat_mask"], 1 - known)  # ComfyUI's convention: 0 = given frame
     assert extras["clip_vision_output"].penultimate_hidden_states.shape == (1, 514, 1280)
+    # CLIP sees the original frames (official), not the resized ones
+    assert torch.equal(FakeClip.seen[-1], torch.cat([start, end]).movedim(-1, 1) * 2 - 1)
+    assert first.min() < -1 or first.max() > 1
     assert n[0][1]["concat_latent_image"] is extras["concat_latent_image"] and torch.equal(p[0][0], pos[0][0])
     assert lat["samples"].shape == (1, 16, 3, 8, 12)
 
