@@ -267,9 +267,15 @@ def check_generation_outputs(prompt, outputs, save_nodes, video_nodes, base):
                 continue
             (video_file,) = output_files(base, outputs[vid]["images"])
             frames = read_video(video_file)
-            err = (frames - want).abs().mean().item()
-            print(f"  {prompt[vid]['class_type']} {video_file.name}: {tuple(frames.shape)}, mean |video - frames| {err * 255:.2f}/255")
-            assert frames.shape == want.shape and err < 12 / 255
+            assert frames.shape == want.shape, (frames.shape, want.shape)
+            # tiny random models draw pixel noise, which H.264/VP9 at yuv420 cannot keep pixel by pixel
+            # (measured 11-48/255 per pixel): compare 4x4 block means (measured 2.9-4.3/255)
+            blocks = lambda x: torch.nn.functional.avg_pool2d(x.permute(0, 3, 1, 2), 4)  # noqa: E731
+            err = (blocks(frames) - blocks(want)).abs().mean().item()
+            control = (blocks(frames) - blocks(want.flip(0).roll(8, 1))).abs().mean().item()
+            print(f"  {prompt[vid]['class_type']} {video_file.name}: {tuple(frames.shape)}, mean |video - frames| "
+                  f"over 4x4 blocks {err * 255:.2f}/255 (control: other frames {control * 255:.1f}/255)")
+            assert err < 8 / 255 < control
 
 
 def run_pack_graph(prompt: dict, base: Path) -> dict:
