@@ -100,6 +100,7 @@ class GuidedVelocity:
         self.keep_tokens = keep_tokens  # TI2V: [B, L] 0 on kept tokens, 1 elsewhere
         self.batch_cfg = batch_cfg  # None = batch, fall back to two passes on out-of-memory
         self.calls = []  # (timestep, expert index) of every evaluation: for tests and logs
+        self._batched = None  # cond + uncond inputs concatenated once, reused every step
 
     def timestep(self, sigma: float) -> float:
         return sigma * 1000 if self.exact else float(official_timestep(sigma))
@@ -118,8 +119,10 @@ class GuidedVelocity:
             return model(x, ts, c.context, clip_fea=c.clip_fea, y=c.y)
         if self.batch_cfg is not False:
             try:
-                v = model(torch.cat([x, x]), torch.cat([ts, ts]), torch.cat([c.context, c.negative]),
-                          clip_fea=_twice(c.clip_fea), y=_twice(c.y))
+                if self._batched is None:
+                    self._batched = (torch.cat([c.context, c.negative]), _twice(c.clip_fea), _twice(c.y))
+                context, clip_fea, y = self._batched
+                v = model(torch.cat([x, x]), torch.cat([ts, ts]), context, clip_fea=clip_fea, y=y)
                 v_pos, v_neg = v.chunk(2)
                 return v_neg + guide * (v_pos - v_neg)
             except _oom_errors():
