@@ -83,11 +83,6 @@ def seeded_noise(shape, seed: int) -> torch.Tensor:
     return torch.randn(tuple(shape), generator=torch.Generator("cpu").manual_seed(seed), dtype=torch.float32)
 
 
-def _oom_errors():
-    errs = [torch.cuda.OutOfMemoryError] if hasattr(torch.cuda, "OutOfMemoryError") else []
-    return tuple(errs) or (RuntimeError,)
-
-
 class GuidedVelocity:
     """v(x, σ) of one or two experts with classifier-free guidance (see the module docstring)."""
 
@@ -125,7 +120,7 @@ class GuidedVelocity:
                 v = model(torch.cat([x, x]), torch.cat([ts, ts]), context, clip_fea=clip_fea, y=y)
                 v_pos, v_neg = v.chunk(2)
                 return v_neg + guide * (v_pos - v_neg)
-            except _oom_errors():
+            except torch.OutOfMemoryError:
                 if self.batch_cfg:
                     raise
                 self.batch_cfg = False  # not enough memory for both passes at once: from now on, one by one

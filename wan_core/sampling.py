@@ -187,7 +187,7 @@ def sample(
     for i in range(total):
         sigma = float(sigmas[i])
         v = velocity_fn(x, sigma).float()
-        x0 = x - stepper.sigmas[i] * v
+        x0 = x - stepper.sigmas[i] * v if callback is not None else None  # the preview's data estimate
         x = stepper.step(x, v, i, velocity_fn)
         if project is not None:
             x = project(x, float(sigmas[i + 1]))
