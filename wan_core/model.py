@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field, fields
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from .attention import attention
 
@@ -342,6 +343,8 @@ class WanDiT(nn.Module):
             self.img_emb = ImageEmbedding(dim, cfg.flf_pos_tokens)
         # set by the loader when weights are stored in a smaller dtype than the one to compute in
         self.compute_dtype_override: torch.dtype | None = None
+        # training: recompute each block in the backward pass instead of keeping its activations
+        self.gradient_checkpointing = False
         self._rope_cache: dict = {}
 
     @property
@@ -408,8 +411,12 @@ class WanDiT(nn.Module):
         context = self.text_embedding(context.to(cdtype))
         image_context = self.img_emb(clip_fea.to(cdtype), cdtype) if clip_fea is not None else None
 
+        checkpointed = self.gradient_checkpointing and torch.is_grad_enabled()
         for block in self.blocks:
-            h = block(h, e0, context, image_context, freqs, cdtype)
+            if checkpointed:
+                h = checkpoint(block, h, e0, context, image_context, freqs, cdtype, use_reentrant=False)
+            else:
+                h = block(h, e0, context, image_context, freqs, cdtype)
 
         out = self.head(h, e)  # [B, L, out_dim * prod(patch)]
         out = out.view(B, *grid, pt, ph, pw, cfg.out_dim)
