@@ -7,6 +7,7 @@ stay on the CPU.
 """
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 
@@ -75,7 +76,13 @@ DEVICE_ROLES = {
 class ModelHandle:
     """What travels through a WANFLOW_* model socket: a wan_core model plus, inside ComfyUI, the
     ModelPatcher that lets ComfyUI's memory manager load it to the GPU and offload it when
-    others need the memory. `on_cpu=True` keeps it on the CPU (e.g. the 5.7B text encoder)."""
+    others need the memory. `on_cpu=True` keeps it on the CPU (e.g. the 5.7B text encoder).
+
+    A diffusion handle may carry LoRAs [(ParsedLora, strength)]: handles made by `with_loras` share
+    the module (and patcher), and `load()` merges the handle's LoRAs into the module's weights,
+    restoring the original weights first when another handle's LoRAs are merged there."""
+
+    loras: tuple = ()
 
     def __init__(self, module, name: str = "", role: str = "diffusion", on_cpu: bool = False):
         self.module = module
@@ -94,10 +101,19 @@ class ModelHandle:
     def config(self):
         return self.module.config
 
+    def with_loras(self, loras) -> "ModelHandle":
+        """A new handle on the same module and patcher with `loras` added after this handle's."""
+        handle = copy.copy(self)
+        handle.loras = tuple(self.loras) + tuple(loras)
+        return handle
+
     def load(self):
         """Make the module ready on its compute device (ComfyUI decides which) and return it."""
         if self.patcher is not None:
             _comfy("comfy.model_management").load_models_gpu([self.patcher])
+        if __package__ and self.role == "diffusion":
+            from ..wan_core.lora import set_applied_loras  # lazy: tests/e2e also loads this file standalone
+            set_applied_loras(self.module, self.loras)  # a no-op while no handle of this module has LoRAs
         return self.module
 
     def __repr__(self):
@@ -153,3 +169,46 @@ def folder_roots(category: str) -> list[Path]:
     if folder_paths is not None:
         return [Path(p) for p in folder_paths.get_folder_paths(category)]
     return [fallback_models_dir() / category]
+
+
+def save_folder(category: str) -> Path:
+    """The first folder of a model category, where new files of that kind go (e.g. 'loras')."""
+    return folder_roots(category)[0]
+
+
+def output_root() -> Path:
+    """ComfyUI's output folder ($WANFLOW_OUTPUT_DIR or ./output outside ComfyUI)."""
+    folder_paths = _comfy("folder_paths")
+    if folder_paths is not None:
+        return Path(folder_paths.get_output_directory())
+    return Path(os.environ.get("WANFLOW_OUTPUT_DIR", "output"))
+
+
+def confined_path(root: Path, name: str, suffix: str = "") -> Path:
+    """root/name+suffix for a user-given name, refusing anything that would land outside root."""
+    expected = f"a relative name inside {root} such as 'wanflow/my_lora'"
+    if not name.strip() or Path(name).is_absolute() or ".." in Path(name).parts:
+        raise ValueError(f"expected {expected}; found {name!r}")
+    path = (root / (name.strip() + suffix)).resolve()
+    if root.resolve() not in path.parents:
+        raise ValueError(f"expected {expected}; found {name!r}, which leads outside it")
+    return path
+
+
+def refresh_file_list(category: str) -> None:
+    """Make a file just written show up in the category's dropdowns at once."""
+    folder_paths = _comfy("folder_paths")
+    cache = getattr(folder_paths, "filename_list_cache", None)
+    if isinstance(cache, dict):
+        cache.pop(category, None)
+
+
+def progress_text(text: str) -> None:
+    """Show a line of text on the running node (ComfyUI's progress text); no-op outside ComfyUI."""
+    server = _comfy("server")
+    utils = _comfy("comfy_execution.utils")
+    instance = getattr(getattr(server, "PromptServer", None), "instance", None)
+    context = utils.get_executing_context() if utils is not None and hasattr(utils, "get_executing_context") else None
+    if instance is None or context is None or not hasattr(instance, "send_progress_text"):
+        return
+    instance.send_progress_text(text, context.node_id)
