@@ -169,3 +169,46 @@ def folder_roots(category: str) -> list[Path]:
     if folder_paths is not None:
         return [Path(p) for p in folder_paths.get_folder_paths(category)]
     return [fallback_models_dir() / category]
+
+
+def save_folder(category: str) -> Path:
+    """The first folder of a model category, where new files of that kind go (e.g. 'loras')."""
+    return folder_roots(category)[0]
+
+
+def output_root() -> Path:
+    """ComfyUI's output folder ($WANFLOW_OUTPUT_DIR or ./output outside ComfyUI)."""
+    folder_paths = _comfy("folder_paths")
+    if folder_paths is not None:
+        return Path(folder_paths.get_output_directory())
+    return Path(os.environ.get("WANFLOW_OUTPUT_DIR", "output"))
+
+
+def confined_path(root: Path, name: str, suffix: str = "") -> Path:
+    """root/name+suffix for a user-given name, refusing anything that would land outside root."""
+    expected = f"a relative name inside {root} such as 'wanflow/my_lora'"
+    if not name.strip() or Path(name).is_absolute() or ".." in Path(name).parts:
+        raise ValueError(f"expected {expected}; found {name!r}")
+    path = (root / (name.strip() + suffix)).resolve()
+    if root.resolve() not in path.parents:
+        raise ValueError(f"expected {expected}; found {name!r}, which leads outside it")
+    return path
+
+
+def refresh_file_list(category: str) -> None:
+    """Make a file just written show up in the category's dropdowns at once."""
+    folder_paths = _comfy("folder_paths")
+    cache = getattr(folder_paths, "filename_list_cache", None)
+    if isinstance(cache, dict):
+        cache.pop(category, None)
+
+
+def progress_text(text: str) -> None:
+    """Show a line of text on the running node (ComfyUI's progress text); no-op outside ComfyUI."""
+    server = _comfy("server")
+    utils = _comfy("comfy_execution.utils")
+    instance = getattr(getattr(server, "PromptServer", None), "instance", None)
+    context = utils.get_executing_context() if utils is not None and hasattr(utils, "get_executing_context") else None
+    if instance is None or context is None or not hasattr(instance, "send_progress_text"):
+        return
+    instance.send_progress_text(text, context.node_id)

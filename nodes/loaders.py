@@ -54,7 +54,10 @@ class WanFlowLoadDiffusionModel:
     def load(self, model_name, weight_dtype="default", compute_dtype="auto"):
         path = model_file_path("diffusion_models", model_name)
         dtype = COMPUTE_DTYPES[compute_dtype] or auto_compute_dtype()
-        model = load_dit(path, dtype=dtype, weight_dtype=WEIGHT_DTYPES[weight_dtype])
+        # weights made outside ComfyUI's inference mode: training nodes can then use them in autograd
+        # without first copying them (inference tensors cannot be saved for backward)
+        with torch.inference_mode(False):
+            model = load_dit(path, dtype=dtype, weight_dtype=WEIGHT_DTYPES[weight_dtype])
         return (ModelHandle(model, name=model_name),)
 
 
