@@ -302,6 +302,10 @@ class Trainer:
             self.named_params = list(model.named_parameters())
         for _, p in self.named_params:
             p.requires_grad_(True)
+        # sharding (FSDP) replaces the model's parameters: wrap before taking them for the optimizer
+        self.wrapped = _wrap_distributed(model, self.network, config) if self.world > 1 else model
+        if self.network is None:
+            self.named_params = list(model.named_parameters())
         params = [p for _, p in self.named_params]
         self.optimizer = torch.optim.AdamW(params, lr=config.learning_rate, betas=config.betas,
                                            weight_decay=config.weight_decay)
@@ -311,7 +315,6 @@ class Trainer:
         self.step = 0
         self.losses: list[float] = []
         self.stream = BatchStream(dataset, config.batch_size * self.world, config.seed)
-        self.wrapped = _wrap_distributed(model, self.network, config) if self.world > 1 else model
 
     # ---- one optimizer step -----------------------------------------------------------------
 
@@ -347,6 +350,7 @@ class Trainer:
             loss = self.loss(self.micro_batch())
             (loss / cfg.grad_accum).backward()
             total += loss.detach().float().item() / cfg.grad_accum
+        _sync_gradients(self)
         total = _mean_over_ranks(total, self.device)
         params = [p for _, p in self.named_params]
         if cfg.max_grad_norm > 0:
@@ -375,7 +379,7 @@ class Trainer:
             "model_config": self.model.config.as_dict() if hasattr(self.model.config, "as_dict") else {},
             "trainable": {n: p.detach().cpu().clone() for n, p in _full_params(self)},
             "optimizer": _optimizer_state(self),
-            "ema": None if self.ema is None else {n: t.cpu() for n, t in self.ema.items()},
+            "ema": None if self.ema is None else {n: _full_tensor(t).cpu() for n, t in self.ema.items()},
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
             "data_position": self.stream.position,
@@ -390,15 +394,12 @@ class Trainer:
                     if state["config"].get(k) != v}
             raise ValueError(f"the saved training state was made with other settings (saved, now): {diff}; "
                              "use a new output name or the same settings to resume")
-        current = dict(_full_params(self))
-        if set(state["trainable"]) != set(current):
+        if set(state["trainable"]) != {n for n, _ in self.named_params}:
             raise ValueError("the saved training state does not match this model's trainable parameters")
-        with torch.no_grad():
-            for n, p in current.items():
-                p.copy_(state["trainable"][n])
+        _load_full_params(self, state["trainable"])
         _load_optimizer_state(self, state["optimizer"])
         if self.ema is not None and state["ema"] is not None:
-            self.ema = {n: t.to(self.device) for n, t in state["ema"].items()}
+            self.ema = {n: _shard_like(state["ema"][n], p).float() for n, p in self.named_params}
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         self.step = int(state["step"])
@@ -542,6 +543,30 @@ def _full_params(trainer):
     from .distributed import full_named_parameters
 
     return full_named_parameters(trainer)
+
+
+def _load_full_params(trainer, tensors) -> None:
+    from .distributed import load_full_parameters
+
+    load_full_parameters(trainer, tensors)
+
+
+def _sync_gradients(trainer) -> None:
+    from .distributed import sync_gradients
+
+    sync_gradients(trainer)
+
+
+def _full_tensor(t):
+    from .distributed import full_tensor
+
+    return full_tensor(t)
+
+
+def _shard_like(full, like):
+    from .distributed import shard_like
+
+    return shard_like(full, like)
 
 
 def _optimizer_state(trainer) -> dict:
