@@ -303,3 +303,15 @@ def test_validation_runs_every_n_steps_without_gradients():
         seen.append((step, torch.is_grad_enabled()))
     train(small_model(), ToyLatents(), quick(steps=6), validate=validate, validate_every=2)
     assert seen == [(2, False), (4, False), (6, False)]
+
+
+def test_first_frame_clean_trains_ti2v_and_is_refused_elsewhere():
+    class TI2V(ToyLatents):
+        def __init__(self):
+            super().__init__(n=2)
+            for it in self.items:
+                it["latent"] = torch.randn(48, 2, 4, 4)
+    result = train(random_dit("ti2v", 0, text_len=8), TI2V(), quick(steps=2, first_frame_clean=True))
+    assert result.steps_done == 2 and all(math.isfinite(x) for x in result.losses)
+    with pytest.raises(ValueError, match="TI2V"):
+        train(small_model(), ToyLatents(), quick(first_frame_clean=True))

@@ -19,6 +19,12 @@ from .dit_checkpoint import is_block_linear_weight, quantize_fp8
 from .model import WanConfig
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | os.PathLike, write) -> Path:
     """Call write(tmp_path) and move the result into place only once it is complete."""
     path = Path(path)
@@ -27,6 +33,7 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a saved model should read like any file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

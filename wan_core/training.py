@@ -282,6 +282,9 @@ class Trainer:
         self.model, self.dataset, self.config = model, dataset, config
         self.device = next(model.parameters()).device
         self.rank, self.world = _rank_and_world()
+        if config.first_frame_clean and getattr(model.config, "model_type", "") != "ti2v":
+            raise ValueError("first_frame_clean is for Wan2.2 TI2V-5B image-to-video training; this model is "
+                             f"{getattr(model.config, 'variant', '') or model.config.model_type}")
         make_trainable(model)
         model.requires_grad_(False)
         model.gradient_checkpointing = config.gradient_checkpointing
