@@ -1,10 +1,14 @@
 """ComfyUI nodes of wan-flow: thin adapters over wan_core (no math here)."""
 from .loaders import (WanFlowLoadCLIPVision, WanFlowLoadDiffusionModel, WanFlowLoadTextEncoder, WanFlowLoadVAE,
                       WanFlowModelInfo)
+from .dataset import WanFlowCacheLatents, WanFlowVideoDataset
+from .demo import WanFlowDemoDataset, WanFlowDemoModels
 from .image_to_video import WanFlowImageToVideo
+from .lora import WanFlowLoadLoRA
 from .sampling import WanFlowEmptyLatent, WanFlowSampler
 from .save_video import WanFlowSaveVideo
 from .text import WanFlowTextEncode
+from .training import WanFlowTrainFull, WanFlowTrainLoRA
 from .video_vae import WanFlowVAEDecode, WanFlowVAEEncode
 
 NODE_CLASS_MAPPINGS = {
@@ -20,6 +24,13 @@ NODE_CLASS_MAPPINGS = {
     "WanFlowImageToVideo": WanFlowImageToVideo,
     "WanFlowSampler": WanFlowSampler,
     "WanFlowSaveVideo": WanFlowSaveVideo,
+    "WanFlowLoadLoRA": WanFlowLoadLoRA,
+    "WanFlowVideoDataset": WanFlowVideoDataset,
+    "WanFlowCacheLatents": WanFlowCacheLatents,
+    "WanFlowTrainLoRA": WanFlowTrainLoRA,
+    "WanFlowTrainFull": WanFlowTrainFull,
+    "WanFlowDemoModels": WanFlowDemoModels,
+    "WanFlowDemoDataset": WanFlowDemoDataset,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "WanFlowLoadDiffusionModel": "WanFlow Load Diffusion Model",
@@ -34,4 +45,11 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "WanFlowImageToVideo": "WanFlow Image To Video",
     "WanFlowSampler": "WanFlow Sampler",
     "WanFlowSaveVideo": "WanFlow Save Video",
+    "WanFlowLoadLoRA": "WanFlow Load LoRA",
+    "WanFlowVideoDataset": "WanFlow Video Dataset",
+    "WanFlowCacheLatents": "WanFlow Cache Latents",
+    "WanFlowTrainLoRA": "WanFlow Train LoRA",
+    "WanFlowTrainFull": "WanFlow Train Full",
+    "WanFlowDemoModels": "WanFlow Demo Models",
+    "WanFlowDemoDataset": "WanFlow Demo Dataset",
 }

@@ -172,8 +172,10 @@ def folder_roots(category: str) -> list[Path]:
 
 
 def save_folder(category: str) -> Path:
-    """The first folder of a model category, where new files of that kind go (e.g. 'loras')."""
-    return folder_roots(category)[0]
+    """Where new files of a model category go (e.g. 'loras'): the folder named like the category when
+    there is one (ComfyUI lists the legacy models/unet first for diffusion_models), else the first."""
+    roots = folder_roots(category)
+    return next((r for r in roots if r.name == category), roots[0])
 
 
 def output_root() -> Path:

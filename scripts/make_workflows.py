@@ -39,6 +39,7 @@ CORE_NODES = {
                                   "fps": ("FLOAT", {"default": 30.0, "min": 1.0, "max": 120.0, "step": 1.0})},
                      "optional": {"audio": ("AUDIO", {})}},
                     ("VIDEO",), ("VIDEO",), "Create Video"),
+    "PreviewImage": ({"required": {"images": ("IMAGE", {})}}, (), (), "Preview Image"),
     "SaveVideo": ({"required": {"video": ("VIDEO", {}), "filename_prefix": ("STRING", {"default": "video/ComfyUI"}),
                                 "format": (["auto", "mp4"], {"default": "auto"}),
                                 "codec": (["auto", "h264"], {"default": "auto"})}},
@@ -202,7 +203,102 @@ def decode_and_save(g: Graph, fps: int, prefix: str, native: bool = False):
               links=dict(video=("create_video", "VIDEO")), size=(420, 420))
 
 
-GRAPHS = [t2v_wan21_13b, i2v_wan21_14b, ti2v_wan22_5b, t2v_wan22_a14b]
+LORA_NAME = "wanflow/my_wan21_1.3b_lora"
+TRAIN_DEFAULTS = dict(batch_size=1, grad_accum=1, sigma_sampling="shift", shift=5.0, precision="bf16",
+                      gradient_checkpointing=True, seed=0, warmup_steps=0, ema_decay=0.0, loss_weighting="none",
+                      first_frame_clean=False, save_every=0, **{"seed:control": "fixed"}, validate_every=0, validation_steps=20, validation_cfg=1.0)
+
+
+def train_lora_wan21_13b() -> Graph:
+    g = Graph("wanflow_train_lora_wan21_1.3b", "Train a Wan2.1 T2V 1.3B LoRA")
+    g.note("note", 0, "About this workflow", NOTES["train_lora"])
+    g.add("model", "WanFlowLoadDiffusionModel", 1, dict(model_name=T2V_13B["name"], weight_dtype="default",
+                                                       compute_dtype="auto"), models=[T2V_13B])
+    text_encoder_and_vae(g, VAE21)
+    g.add("dataset", "WanFlowVideoDataset", 1, dict(folder="wanflow_dataset", buckets="480x480x33, 832x480x33",
+                                                   fps=16.0, repeats=1, default_caption="", short_videos="shorten"))
+    g.add("cache", "WanFlowCacheLatents", 2, dict(image_conditioning=False), links=dict(
+        dataset=("dataset", "dataset"), vae=("vae", "vae"), text_encoder=("text_encoder", "text_encoder")))
+    g.add("encode", "WanFlowTextEncode", 2, dict(
+        positive="A paper-cut style fox walks through an autumn forest, layered paper leaves falling, soft light.",
+        negative="", variant="wan2.1 t2v (1.3B / 14B)"), links=dict(text_encoder=("text_encoder", "text_encoder")))
+    g.add("train", "WanFlowTrainLoRA", 3, dict(
+        TRAIN_DEFAULTS, output_name=LORA_NAME, steps=1000, learning_rate=1e-4, rank=32, alpha=32.0,
+        targets="attention+ffn", boundary=0.875, dropout=0.0, validate_every=250, validation_cfg=5.0), links=dict(
+        model=("model", "model"), latents=("cache", "latents"), validation_positive=("encode", "positive"),
+        validation_negative=("encode", "negative"), validation_vae=("vae", "vae")), size=(420, 760))
+    g.add("loss_plot", "PreviewImage", 4, links=dict(images=("train", "loss_curve")), size=(420, 300),
+          title="Loss curve")
+    g.add("save_validation", "WanFlowSaveVideo", 4, dict(fps=16.0, filename_prefix="wanflow/lora_validation",
+                                                        format="mp4", quality=19),
+          links=dict(images=("train", "validation")), size=(420, 420), title="Validation samples")
+    g.add("latent", "WanFlowEmptyLatent", 4, dict(width=832, height=480, frames=33, batch_size=1),
+          links=dict(model=("model", "model")))
+    g.add("sampler", "WanFlowSampler", 5, dict(seed=42, steps=30, solver="unipc", shift=8.0, cfg=6.0, denoise=1.0,
+                                               cfg_low_noise=0.0, boundary=0.0, **{"seed:control": "fixed"}),
+          links=dict(model=("train", "model"), positive=("encode", "positive"), negative=("encode", "negative"),
+                     latent=("latent", "latent")))
+    g.add("decode", "WanFlowVAEDecode", 6, dict(tile_size=0), links=dict(samples=("sampler", "latent"), vae=("vae", "vae")))
+    g.add("save", "WanFlowSaveVideo", 7, dict(fps=16.0, filename_prefix="wanflow/lora_sample", format="mp4", quality=19),
+          links=dict(images=("decode", "images")), size=(420, 420))
+    return g
+
+
+def t2v_wan21_13b_lora() -> Graph:
+    g = Graph("wanflow_t2v_wan21_1.3b_lora", "Wan2.1 T2V 1.3B with a LoRA")
+    g.note("note", 0, "About this workflow", NOTES["t2v_lora"])
+    g.add("base_model", "WanFlowLoadDiffusionModel", 1, dict(model_name=T2V_13B["name"], weight_dtype="default",
+                                                            compute_dtype="auto"), models=[T2V_13B])
+    g.add("model", "WanFlowLoadLoRA", 1, dict(lora_name=LORA_NAME + ".safetensors", strength_model=1.0),
+          links=dict(model=("base_model", "model")))
+    text_encoder_and_vae(g, VAE21)
+    g.add("encode", "WanFlowTextEncode", 2, dict(
+        positive="A paper-cut style fox walks through an autumn forest, layered paper leaves falling, soft light.",
+        negative="", variant="wan2.1 t2v (1.3B / 14B)"), links=dict(text_encoder=("text_encoder", "text_encoder")))
+    g.add("latent", "WanFlowEmptyLatent", 2, dict(width=832, height=480, frames=81, batch_size=1),
+          links=dict(model=("model", "model")))
+    sampler(g, dict(seed=42, steps=30, solver="unipc", shift=8.0, cfg=6.0, denoise=1.0),
+            ("encode", "positive"), ("encode", "negative"), ("latent", "latent"))
+    decode_and_save(g, fps=16, prefix="wanflow/t2v_wan21_1.3b_lora")
+    return g
+
+
+def demo_train() -> Graph:
+    """The README demo in ComfyUI: its settings come from wan_core.demo, so the two stay the same."""
+    pack = load_pack().__name__
+    d = importlib.import_module(pack + ".wan_core.demo").DemoSettings()
+    held_out = importlib.import_module(pack + ".wan_core.demo_data").held_out_prompts()
+    g = Graph("wanflow_demo_train", "WanFlow demo: train a tiny Wan model from scratch (no downloads)")
+    g.note("note", 0, "About this workflow", NOTES["demo"])
+    g.add("demo", "WanFlowDemoModels", 1, dict(seed=0, **{"seed:control": "fixed"}))
+    g.add("data", "WanFlowDemoDataset", 1, dict(clips_per_combo=d.clips_per_combo, seed=0, **{"seed:control": "fixed"}),
+          links=dict(vae=("demo", "vae"), text_encoder=("demo", "text_encoder")))
+    g.add("train", "WanFlowTrainFull", 2, dict(
+        TRAIN_DEFAULTS, output_name="wanflow/demo_model", steps=d.steps, learning_rate=d.learning_rate,
+        batch_size=d.batch_size, sigma_sampling=d.sigma_sampling, precision="fp32", gradient_checkpointing=False,
+        warmup_steps=d.warmup_steps, save_dtype="fp32"),
+        links=dict(model=("demo", "model"), latents=("data", "latents")), size=(420, 700))
+    g.add("loss_plot", "PreviewImage", 3, links=dict(images=("train", "loss_curve")), size=(420, 300),
+          title="Loss curve")
+    g.add("encode", "WanFlowTextEncode", 3, dict(positive=held_out[0], negative="",
+                                                 variant="wan2.1 t2v (1.3B / 14B)"),
+          links=dict(text_encoder=("demo", "text_encoder")))
+    g.add("latent", "WanFlowEmptyLatent", 3, dict(width=64, height=64, frames=17, batch_size=4),
+          links=dict(model=("train", "model")))
+    g.add("sampler", "WanFlowSampler", 4, dict(seed=1, steps=d.sample_steps, solver="euler", shift=d.sample_shift,
+                                               cfg=1.0, denoise=1.0, cfg_low_noise=0.0, boundary=0.0,
+                                               **{"seed:control": "fixed"}),
+          links=dict(model=("train", "model"), positive=("encode", "positive"), negative=("encode", "negative"),
+                     latent=("latent", "latent")))
+    g.add("decode", "WanFlowVAEDecode", 5, dict(tile_size=0), links=dict(samples=("sampler", "latent"),
+                                                                     vae=("demo", "vae")))
+    g.add("save", "WanFlowSaveVideo", 6, dict(fps=8.0, filename_prefix="wanflow/demo", format="mp4", quality=12),
+          links=dict(images=("decode", "images")), size=(420, 420))
+    return g
+
+
+GRAPHS = [t2v_wan21_13b, i2v_wan21_14b, ti2v_wan22_5b, t2v_wan22_a14b, train_lora_wan21_13b, t2v_wan21_13b_lora,
+          demo_train]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -231,6 +327,47 @@ SAMPLER_TIP = ("In **WanFlow Sampler**, 0 in `steps`, `shift`, `cfg`, `cfg_low_n
 NEGATIVE_TIP = "An empty negative prompt uses the official default negative prompt of the chosen `variant`."
 
 NOTES = {
+    "demo": """## WanFlow demo: train a tiny Wan model from scratch, no downloads
+
+The README's main job inside ComfyUI, on a CPU in minutes. **WanFlow Demo Models** makes a tiny Wan2.1
+T2V DiT with random weights, a fixed stand-in VAE (same latent geometry as the Wan2.1 VAE) and a word
+encoder; **WanFlow Demo Dataset** renders coloured squares moving left, right, up or down, captioned
+"a red square moving left", leaving some colour × direction combinations out. **WanFlow Train Full**
+trains the DiT with the pack's flow-matching trainer (loss curve in the preview), and the usual
+Text Encode → Empty Latent → Sampler → VAE Decode chain samples a held-out prompt (4 clips of 64×64,
+17 frames; the video shows them one after another).
+
+Try the other held-out prompts (listed by the dataset node), or a seen one. The trained model is also
+saved to `models/diffusion_models/wanflow/demo_model.safetensors`.
+""",
+    "train_lora": f"""## WanFlow: train a LoRA for Wan2.1 T2V 1.3B
+
+{files_md(T2V_13B, UMT5, VAE21)}
+**Data**: put short videos (mp4/webm) and/or images in `ComfyUI/input/wanflow_dataset/`, each with a
+caption in a `.txt` file of the same name (`fox_01.mp4` + `fox_01.txt`). **WanFlow Video Dataset** samples
+`1 + 4k` frames at `fps` and crops each clip into the closest bucket (`WxHxF`); files it cannot use are
+listed with the reason. **WanFlow Cache Latents** encodes everything once into `output/wanflow_cache/`, so
+training steps only run the diffusion model (a second run reuses the cache).
+
+**Training**: **WanFlow Train LoRA** trains with Wan's flow-matching objective and saves the LoRA in
+ComfyUI's native format to `models/loras/{LORA_NAME}.safetensors` — it works in ComfyUI's own
+**LoraLoaderModelOnly** and in **WanFlow Load LoRA**. The progress bar shows the step, the loss and a live
+loss curve; validation samples of the prompt are made every `validate_every` steps and saved as one video.
+Interrupting keeps a resumable state: queue again with the same `output_name` to continue.
+
+Memory: rank 32 at 832×480×33 with gradient checkpointing fits in ~16 GB; lower the buckets' frame count
+for less. On a CPU only the tiny demo (`wanflow_demo_train`) is practical.
+""",
+    "t2v_lora": f"""## WanFlow: Wan2.1 T2V 1.3B with a LoRA
+
+{files_md(T2V_13B, UMT5, VAE21)}
+**WanFlow Load LoRA** reads LoRAs from `models/loras/` in every common format (ComfyUI / diffusion-pipe,
+kohya / musubi-tuner, diffusers / PEFT, DiffSynth-Studio) and shows what it applied. The preset file is the
+one `wanflow_train_lora_wan21_1.3b` writes. Chain several loaders to stack LoRAs; the base model is not
+changed. Native **LoraLoaderModelOnly** on a native **Load Diffusion Model** works with the same files.
+
+{NEGATIVE_TIP} {SAMPLER_TIP}
+""",
     "t2v13": f"""## WanFlow: Wan2.1 text to video, 1.3B
 
 {files_md(T2V_13B, UMT5, VAE21)}
@@ -382,7 +519,8 @@ def build(g: Graph, defs: dict) -> tuple[dict, dict]:
                 src_names = defs[by_key[src]["type"]][2]
                 o_slot = src_names.index(out_name)
                 o_type = defs[by_key[src]["type"]][1][o_slot]
-                assert o_type in kind.split(",") or kind == "*", \
+                # type sets must overlap (a union output like "WANFLOW_MODEL,MODEL" links into either)
+                assert set(o_type.split(",")) & set(kind.split(",")) or kind == "*", \
                     f"{g.name}: {src}.{out_name} ({o_type}) -> {n['key']}.{name} ({kind})"
                 link_id = len(links) + 1
                 # the frontend stores input.type || output.type as the link type

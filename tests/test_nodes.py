@@ -33,7 +33,9 @@ def test_import_is_light_and_exports_mappings():
 
 ALL_NODES = ["WanFlowLoadDiffusionModel", "WanFlowModelInfo", "WanFlowLoadVAE", "WanFlowLoadTextEncoder",
              "WanFlowLoadCLIPVision", "WanFlowTextEncode", "WanFlowVAEEncode", "WanFlowVAEDecode",
-             "WanFlowEmptyLatent", "WanFlowImageToVideo", "WanFlowSampler", "WanFlowSaveVideo"]
+             "WanFlowEmptyLatent", "WanFlowImageToVideo", "WanFlowSampler", "WanFlowSaveVideo",
+             "WanFlowLoadLoRA", "WanFlowVideoDataset", "WanFlowCacheLatents", "WanFlowTrainLoRA", "WanFlowTrainFull",
+             "WanFlowDemoModels", "WanFlowDemoDataset"]
 
 
 def test_every_node_is_registered():

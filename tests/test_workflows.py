@@ -37,6 +37,7 @@ NATIVE_NODES = {
                            "batch_size": ("INT", {"min": 1, "max": 4096}), "color": ("INT", {"min": 0, "max": 0xFFFFFF})},
                           ("IMAGE",)),
     "SaveImage": _Native({"images": ("IMAGE", {}), "filename_prefix": ("STRING", {})}, ()),
+    "PreviewImage": _Native({"images": ("IMAGE", {})}, ()),
     # the dropdown lists the files in ComfyUI's input/ folder (unknown here: empty, like a file dropdown)
     "LoadImage": _Native({"image": ([], {"image_upload": True})}, ("IMAGE", "MASK")),
     "CreateVideo": _Native({"images": ("IMAGE", {}), "fps": ("FLOAT", {"default": 30.0, "min": 1.0, "max": 120.0})},
@@ -186,8 +187,9 @@ def check_nodes(wf, nodes, fname):
 
 
 def accepts(input_type: str, output_type: str) -> bool:
-    """LiteGraph.isValidConnection for the types used here: "*" or one of the comma-separated types."""
-    return input_type == "*" or output_type in input_type.split(",")
+    """LiteGraph.isValidConnection: "*", or the comma-separated type sets overlap (a union output such as
+    "WANFLOW_MODEL,MODEL" links into either kind of input, as ComfyUI's validate_node_input allows)."""
+    return input_type == "*" or bool(set(output_type.split(",")) & set(input_type.split(",")))
 
 
 def check_links(wf, nodes, fname):
@@ -255,7 +257,7 @@ def test_checker_catches_mistakes(nodes):
     with pytest.raises(AssertionError, match="control_after_generate"):
         widget_values_by_name(nodes["WanFlowSampler"][1], [42, 30, "unipc", 8.0, 6.0, 1.0, 0.0, 0.0])
     assert accepts("WANFLOW_MODEL,MODEL", "MODEL") and not accepts("WANFLOW_MODEL,MODEL", "IMAGE")
-    original = json.loads(UI_FILES[0].read_text())
+    original = json.loads(next(p for p in UI_FILES if p.stem == "wanflow_t2v_wan21_1.3b").read_text())
 
     def broken(edit):
         wf = json.loads(json.dumps(original))

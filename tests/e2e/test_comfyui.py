@@ -56,8 +56,9 @@ GEN_DITS = {  # file name -> (kind, seed, fp8 scaled)
     "wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors": ("t2v", 13, True),
     "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors": ("t2v", 14, True),
 }
+E2E_LORA = "wanflow/my_wan21_1.3b_lora.safetensors"  # what wanflow_t2v_wan21_1.3b_lora loads
 # small sizes for queuing the shipped generation workflows on CPU
-FAST = {"width": 64, "height": 64, "frames": 5, "steps": 3}
+FAST = {"width": 64, "height": 64, "frames": 5, "steps": 3, "train_steps": 3}
 CLIP_NAME = "clip_vision_h.safetensors"
 WORKFLOWS = REPO / "workflows"
 API_FILES = sorted((WORKFLOWS / "api").glob("*.json"))
@@ -123,7 +124,38 @@ def checkpoint(tmp_path_factory):
     example = (torch.linspace(0, 1, 96)[None, :, None] * torch.linspace(1, 0.2, 64)[:, None, None]).expand(64, 96, 3)
     (base / "input").mkdir(parents=True, exist_ok=True)
     PIL_Image().fromarray((example * torch.tensor([1.0, 0.6, 0.3]) * 255).byte().numpy()).save(base / "input" / "example.png")
+    write_training_clips(base / "input" / "wanflow_dataset")
+    # a LoRA for the tiny 1.3B (random non-zero up weights), under the name the LoRA workflow loads
+    from wan_core.lora import add_lora, save_lora
+    net = add_lora(model, rank=4, alpha=2.0, targets="attention+ffn", seed=1)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if "up" in name:
+                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(2)) * 0.05)
+    save_lora(models / "loras" / E2E_LORA, net, metadata={"wanflow.variant": model.config.variant})
+    net.remove()
     return base, path
+
+
+def write_training_clips(folder: Path) -> None:
+    """Two small captioned mp4 clips (a moving bright square) for the LoRA training workflow."""
+    import av
+    import numpy as np
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, (dx, caption) in enumerate([(2, "a square moving right"), (-2, "a square moving left")]):
+        with av.open(str(folder / f"clip{i}.mp4"), "w") as out:
+            stream = out.add_stream("libx264", rate=16)
+            stream.width, stream.height, stream.pix_fmt = 48, 48, "yuv420p"
+            for t in range(12):
+                frame = np.full((48, 48, 3), 40, np.uint8)
+                x = 16 + dx * t
+                frame[16:32, max(x, 0):max(x + 16, 0)] = (230, 200, 60)
+                for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                    out.mux(packet)
+            for packet in stream.encode():
+                out.mux(packet)
+        (folder / f"clip{i}.txt").write_text(caption)
 
 
 @pytest.fixture(scope="module")
@@ -197,6 +229,12 @@ def fast_generation_prompt(prompt: dict) -> dict:
             node["inputs"].update(width=FAST["width"], height=FAST["height"], frames=FAST["frames"])
         if node["class_type"] == "WanFlowSampler":
             node["inputs"]["steps"] = FAST["steps"]
+        if node["class_type"] == "WanFlowVideoDataset":
+            node["inputs"]["buckets"] = "32x32x5"
+        if node["class_type"] in ("WanFlowTrainLoRA", "WanFlowTrainFull"):
+            node["inputs"].update(steps=FAST["train_steps"], validation_steps=2, validate_every=0)
+        if node["class_type"] == "WanFlowDemoDataset":
+            node["inputs"]["clips_per_combo"] = 1
         if node["class_type"] == "WanFlowVAEDecode":
             fast[f"frames{nid}"] = {"class_type": "SaveImage",
                                     "inputs": {"images": [nid, 0], "filename_prefix": f"wanflow_e2e/frames{nid}"}}
@@ -229,10 +267,35 @@ def test_api_workflow_runs(server, path, tmp_path):
         assert "variant: wan2.1-t2v" in text and "text_dim: 4096" in text, text
         assert "weights stored as: float16; compute dtype: float16" in text, text
     if generation:
+        check_training_outputs(prompt, rep["outputs"], Path(server["base"]))
         check_generation_outputs(prompt, rep["outputs"], save_nodes, video_nodes, Path(server["base"]))
         return
     for nid in save_nodes:
         check_saved_frames(prompt, nid, rep["outputs"][nid]["images"], downloads, Path(server["base"]))
+
+
+def check_training_outputs(prompt, outputs, base: Path) -> None:
+    """Trainer nodes wrote their file where ComfyUI lists it, with the step count, and reported it."""
+    from safetensors import safe_open
+
+    for nid, node in prompt.items():
+        kind = node["class_type"]
+        if kind not in ("WanFlowTrainLoRA", "WanFlowTrainFull"):
+            continue
+        folder = "loras" if kind == "WanFlowTrainLoRA" else "diffusion_models"
+        path = base / "models" / folder / (node["inputs"]["output_name"] + ".safetensors")
+        assert outputs[nid]["text"][0] == str(path.resolve()), outputs[nid]
+        with safe_open(path, "pt") as f:
+            meta, keys = f.metadata(), list(f.keys())
+        assert meta["wanflow.steps"] == str(FAST["train_steps"]), meta
+        if kind == "WanFlowTrainLoRA":
+            assert keys and all(k.startswith("diffusion_model.blocks.") for k in keys), keys[:3]
+            assert any(k.endswith(".lora_down.weight") for k in keys) and any(k.endswith(".alpha") for k in keys)
+        else:
+            assert "head.head.weight" in keys and "blocks.0.self_attn.q.weight" in keys
+        state = base / "output" / "wanflow_training" / node["inputs"]["output_name"] / "train_state.pt"
+        assert state.is_file(), f"no resumable state at {state}"
+        print(f"  {kind} {nid}: wrote {path.relative_to(base)} ({len(keys)} tensors) and its resumable state")
 
 
 def output_files(base: Path, entries) -> list[Path]:
@@ -283,7 +346,11 @@ def run_pack_graph(prompt: dict, base: Path) -> dict:
     reads base/input like ComfyUI; output nodes are skipped. Returns {node id: first output}."""
     import numpy as np
 
+    import tempfile
+
     os.environ["WANFLOW_MODELS_DIR"] = str(base / "models")
+    os.environ["WANFLOW_INPUT_DIR"] = str(base / "input")
+    os.environ["WANFLOW_OUTPUT_DIR"] = tempfile.mkdtemp(prefix="wanflow-e2e-pack-run-")  # fresh: no resume
     nodes = pack_nodes()
     results: dict = {}
 
@@ -302,7 +369,8 @@ def run_pack_graph(prompt: dict, base: Path) -> dict:
             else:
                 cls = nodes[kind]
                 obj = cls()
-                results[nid] = getattr(obj, cls.FUNCTION)(**{k: value(v) for k, v in node["inputs"].items()})
+                out = getattr(obj, cls.FUNCTION)(**{k: value(v) for k, v in node["inputs"].items()})
+                results[nid] = out["result"] if isinstance(out, dict) else out  # {"ui": ..., "result": ...}
         return results[nid]
 
     with torch.inference_mode():
@@ -473,3 +541,49 @@ def test_native_interop(server, checkpoint, tmp_path):
     d = (images["native_decode"] - images["pack_decode"]).abs()
     print(f"native VAEDecode vs WanFlow VAE Decode on our sampler's latent: max {d.max():.0f}/255, mean {d.mean():.3f}/255")
     assert images["pack_decode"].shape == (FAST["frames"], 64, 64, 3) and d.max() <= 2
+
+
+def test_lora_interop(server, checkpoint, tmp_path):
+    """One LoRA file: native UNETLoader -> LoraLoaderModelOnly gives the same samples in our sampler as
+    WanFlow Load Diffusion Model -> WanFlow Load LoRA (and the LoRA does change them)."""
+    from safetensors.torch import load_file
+
+    te = {"text_encoder_name": GEN_UMT5_NAME, "tokenizer": "auto (embedded in the file or next to it)",
+          "device": "default", "weight_dtype": "default"}
+    sampler = {"seed": 7, "steps": 3, "solver": "euler", "shift": 5.0, "cfg": 5.0, "denoise": 1.0,
+               "positive": ["4", 0], "negative": ["4", 1], "latent": ["5", 0]}
+    prompt = {
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": CKPT_NAME, "weight_dtype": "default"}},
+        "2": {"class_type": "WanFlowLoadDiffusionModel", "inputs": {"model_name": CKPT_NAME, "weight_dtype": "default",
+                                                                     "compute_dtype": "fp32"}},
+        "3": {"class_type": "WanFlowLoadTextEncoder", "inputs": te},
+        "4": {"class_type": "WanFlowTextEncode", "inputs": {"text_encoder": ["3", 0], "positive": "a red fox in snow",
+                                                             "negative": "", "variant": "wan2.1 t2v (1.3B / 14B)"}},
+        "5": {"class_type": "EmptyHunyuanLatentVideo", "inputs": {"width": 64, "height": 64, "length": 5, "batch_size": 1}},
+        "6": {"class_type": "LoraLoaderModelOnly", "inputs": {"model": ["1", 0], "lora_name": E2E_LORA, "strength_model": 0.8}},
+        "7": {"class_type": "WanFlowLoadLoRA", "inputs": {"model": ["2", 0], "lora_name": E2E_LORA, "strength_model": 0.8}},
+        "8": {"class_type": "WanFlowSampler", "inputs": {**sampler, "model": ["6", 0]}},
+        "9": {"class_type": "WanFlowSampler", "inputs": {**sampler, "model": ["7", 0]}},
+        "10": {"class_type": "WanFlowSampler", "inputs": {**sampler, "model": ["2", 0]}},
+        "11": {"class_type": "SaveLatent", "inputs": {"samples": ["8", 0], "filename_prefix": "wanflow_e2e/lora_native"}},
+        "12": {"class_type": "SaveLatent", "inputs": {"samples": ["9", 0], "filename_prefix": "wanflow_e2e/lora_pack"}},
+        "13": {"class_type": "SaveLatent", "inputs": {"samples": ["10", 0], "filename_prefix": "wanflow_e2e/lora_none"}},
+    }
+    path, report = tmp_path / "lora.json", tmp_path / "report.json"
+    path.write_text(json.dumps(prompt))
+    proc = e2e(server, "run", path, "--timeout", "600", "--report", report, "--expect-output", "7", timeout=900)
+    assert proc.returncode == 0, proc.stdout
+    rep = json.loads(report.read_text())
+    assert rep["status"] == "success"
+    text = rep["outputs"]["7"]["text"][0]
+    # 2 blocks x (4 self + 4 cross + 2 ffn) linears, every file key used
+    assert "20 module(s) changed at strength 0.8" in text and "not used" not in text, text
+    out = Path(server["base"]) / "output" / "wanflow_e2e"
+    latents = {name: load_file(sorted(out.glob(f"lora_{name}_*.latent"))[-1])["latent_tensor"]
+               for name in ("native", "pack", "none")}
+    diff = (latents["native"] - latents["pack"]).abs().max().item()
+    effect = (latents["pack"] - latents["none"]).abs().max().item()
+    print(f"LoRA via native LoraLoaderModelOnly vs WanFlow Load LoRA: max |latent diff| {diff:.2e}; "
+          f"LoRA effect {effect:.3f}\n{text}")
+    assert effect > 100 * max(diff, 1e-6)
+    assert diff <= 1e-4

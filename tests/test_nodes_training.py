@@ -1,0 +1,157 @@
+"""Training nodes outside ComfyUI: files land in the model folders, the input model is untouched, the
+returned model carries the training, interrupts resume, A14B writes two tagged LoRAs."""
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+from safetensors import safe_open
+
+
+from test_nodes import import_pack
+from test_training import ToyLatents
+from wan_core.dit_checkpoint import load_dit as load_dit_file
+from wan_core.lora import apply_lora
+from wan_core.tiny import random_dit
+from wan_core.tiny_vae import random_vae
+
+
+def pack_module(name):
+    return importlib.import_module(f"{import_pack().__name__}.nodes.{name}")
+
+
+training_nodes = pack_module("training")
+ModelHandle = pack_module("comfy_bridge").ModelHandle
+WanFlowTrainLoRA, WanFlowTrainFull = training_nodes.WanFlowTrainLoRA, training_nodes.WanFlowTrainFull
+
+
+@pytest.fixture(autouse=True)
+def folders(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANFLOW_MODELS_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("WANFLOW_OUTPUT_DIR", str(tmp_path / "output"))
+    return tmp_path
+
+
+def handle(seed=0, **kw):
+    return ModelHandle(random_dit("t2v", seed, text_len=8, **kw), name=f"tiny{seed}.safetensors")
+
+
+COMMON = dict(steps=4, learning_rate=1e-3, batch_size=2, grad_accum=1, sigma_sampling="shift", shift=5.0,
+              precision="fp32", gradient_checkpointing=True, seed=0)
+
+
+def weights(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def test_train_lora_saves_a_native_lora_and_returns_the_model_with_it(folders):
+    model = handle()
+    base = weights(model.module)
+    out = WanFlowTrainLoRA().run(model, ToyLatents(), "wanflow/test_lora", rank=4, alpha=4.0,
+                                 targets="attention+ffn", **COMMON)
+    trained, low, path, curve, validation = out["result"]
+    assert low is None
+    assert path == str((folders / "models/loras/wanflow/test_lora.safetensors").resolve())
+    with safe_open(path, "pt") as f:
+        keys = set(f.keys())
+        meta = f.metadata()
+    assert "diffusion_model.blocks.0.self_attn.q.lora_down.weight" in keys
+    assert "diffusion_model.blocks.1.ffn.2.lora_up.weight" in keys
+    assert meta["wanflow.steps"] == "4" and meta["wanflow.rank"] == "4"
+    assert curve.shape[0] == 1 and curve.shape[-1] == 3 and curve.std() > 0
+    assert validation.shape == (1, 64, 64, 3)
+
+    # the returned model = base + the saved LoRA; the input model still gives the base weights
+    expected = random_dit("t2v", 0, text_len=8)
+    apply_lora(expected, path)
+    merged = weights(trained.load())
+    changed = [k for k in merged if not torch.equal(merged[k], base[k])]
+    assert changed and all(".self_attn." in k or ".cross_attn." in k or ".ffn." in k for k in changed)
+    for k, v in expected.state_dict().items():
+        torch.testing.assert_close(merged[k], v, rtol=0, atol=1e-6, msg=k)
+    for k, v in weights(model.load()).items():
+        assert torch.equal(v, base[k]), k
+    assert not model.module._forward_hooks and all(not m._forward_hooks for m in model.module.modules())
+
+
+def test_interrupted_lora_training_resumes_to_the_same_file(folders, monkeypatch):
+    straight = WanFlowTrainLoRA().run(handle(), ToyLatents(), "straight", rank=4, alpha=4.0, targets="attention",
+                                      **COMMON)["result"][2]
+
+    real = training_nodes.TrainingRun.on_step
+
+    class Interrupted(Exception):
+        pass
+
+    def stop_at_2(self, step, total, loss):
+        real(self, step, total, loss)
+        if step == 2:
+            raise Interrupted()
+    monkeypatch.setattr(training_nodes.TrainingRun, "on_step", stop_at_2)
+    with pytest.raises(Interrupted):
+        WanFlowTrainLoRA().run(handle(), ToyLatents(), "resumed", rank=4, alpha=4.0, targets="attention", **COMMON)
+    assert (folders / "output/wanflow_training/resumed/train_state.pt").is_file()
+    assert not (folders / "models/loras/resumed.safetensors").exists()
+    monkeypatch.setattr(training_nodes.TrainingRun, "on_step", real)
+    resumed = WanFlowTrainLoRA().run(handle(), ToyLatents(), "resumed", rank=4, alpha=4.0, targets="attention",
+                                     **COMMON)["result"][2]
+    with safe_open(straight, "pt") as a, safe_open(resumed, "pt") as b:
+        assert set(a.keys()) == set(b.keys())
+        for k in a.keys():
+            assert torch.equal(a.get_tensor(k), b.get_tensor(k)), k
+
+
+def test_two_experts_train_on_their_own_noise_ranges_and_save_tagged_loras(folders):
+    high, low = handle(0), handle(1)
+    out = WanFlowTrainLoRA().run(high, ToyLatents(), "a14b", rank=2, alpha=2.0, targets="self_attention",
+                                 model_low_noise=low, boundary=0.875, **COMMON)["result"]
+    paths = out[2].splitlines()
+    assert [p.rsplit("/", 1)[1] for p in paths] == ["a14b_high_noise.safetensors", "a14b_low_noise.safetensors"]
+    ranges = []
+    for p in paths:
+        with safe_open(p, "pt") as f:
+            ranges.append(f.metadata()["wanflow.sigma_range"])
+    assert ranges == ["0.875,1.0", "0.0,0.875"]
+    assert out[1] is not None and out[1].module is low.module
+
+
+def test_validation_samples_are_decoded_frames(folders):
+    model = handle()
+    context = torch.randn(1, 5, 64)
+    positive = [[context, {}]]
+    vae = ModelHandle(random_vae("2.1", 0), role="vae")
+    out = WanFlowTrainLoRA().run(model, ToyLatents(), "val", rank=2, alpha=2.0, targets="attention",
+                                 validation_positive=positive, validation_vae=vae, validate_every=2,
+                                 validation_steps=2, **COMMON)["result"]
+    frames = out[4]
+    # latent [16, 2, 4, 4] decodes to 5 frames of 32x32; validations at steps 2 and 4
+    assert frames.shape == (10, 32, 32, 3)
+    assert frames.min() >= 0 and frames.max() <= 1 and frames.std() > 0
+    assert not torch.equal(frames[:5], frames[5:])  # the LoRA changed between the two samples
+
+
+def test_train_full_saves_the_model_and_leaves_the_input_alone(folders):
+    model = handle()
+    base = weights(model.module)
+    out = WanFlowTrainFull().run(model, ToyLatents(), "wanflow/ft", save_dtype="fp32", **COMMON)["result"]
+    trained, path, curve, _ = out
+    for k, v in weights(model.module).items():
+        assert torch.equal(v, base[k]), k
+    reloaded = load_dit_file(path)
+    assert reloaded.config.dim == model.config.dim
+    changed = 0
+    for k, v in reloaded.state_dict().items():
+        assert torch.equal(v, trained.module.state_dict()[k]), k
+        changed += not torch.equal(v, base[k])
+    assert changed > len(base) // 2
+
+
+def test_bad_inputs_are_named(folders):
+    with pytest.raises(ValueError, match="channels"):
+        WanFlowTrainLoRA().run(ModelHandle(random_dit("ti2v", 0, text_len=8)), ToyLatents(), "x", rank=2, alpha=2.0,
+                               targets="attention", **COMMON)
+    with pytest.raises(ValueError, match="relative name"):
+        WanFlowTrainLoRA().run(handle(), ToyLatents(), "../escape", rank=2, alpha=2.0, targets="attention", **COMMON)
+    with pytest.raises(ValueError, match="text embeddings"):
+        WanFlowTrainFull().run(handle(), ToyLatents(text_dim=32), "y", save_dtype="bf16", **COMMON)
