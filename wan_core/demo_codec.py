@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .vae import denormalize_latent, normalize_latent
+from .vae import WanVAE, denormalize_latent, normalize_latent
 
 BLOCK = 4  # pixels averaged per side before the 2x2 space-to-depth fold (4 x 2 = the 8x stride)
 COLOUR_CHANNELS = 3 * 2 * 2
@@ -58,27 +58,10 @@ class DemoCodec(nn.Module):
     def dtype(self) -> torch.dtype:
         return torch.float32
 
-    def latent_shape(self, video_shape) -> tuple:
-        b, _, f, h, w = video_shape
-        st, sh, sw = self.config.stride
-        return (b, self.config.z_dim, (f - 1) // st + 1, h // sh, w // sw)
-
-    def check_video(self, video: torch.Tensor) -> None:
-        if not torch.is_tensor(video) or video.ndim != 5 or video.shape[1] != 3:
-            found = tuple(video.shape) if torch.is_tensor(video) else type(video).__name__
-            raise ValueError(f"demo codec encode: expected a video [B, 3, F, H, W] in [-1, 1], found {found}")
-        f, h, w = video.shape[2:]
-        st, s, _ = self.config.stride
-        if (f - 1) % st:
-            raise ValueError(f"demo codec encode: the frame count must be 1 + {st}k (1, 5, 9, ...), found {f}")
-        if h % s or w % s:
-            raise ValueError(f"demo codec encode: height and width must be multiples of {s}, found {h}x{w}")
-
-    def check_latent(self, latent: torch.Tensor) -> None:
-        z = self.config.z_dim
-        if not torch.is_tensor(latent) or latent.ndim != 5 or latent.shape[1] != z:
-            found = tuple(latent.shape) if torch.is_tensor(latent) else type(latent).__name__
-            raise ValueError(f"demo codec decode: expected a latent [B, {z}, T, h, w], found {found}")
+    # the Wan2.1 VAE's shape rules and error messages (they read only self.config)
+    latent_shape = WanVAE.latent_shape
+    check_video = WanVAE.check_video
+    check_latent = WanVAE.check_latent
 
     def check_compatible(self, dit_config) -> None:
         if dit_config.out_dim != self.config.z_dim:
