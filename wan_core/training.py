@@ -415,9 +415,13 @@ class Trainer:
         from .dit_export import atomic_write
 
         state = self.state_dict()  # collective under FSDP: every rank must call save
-        if self.rank != 0:
-            return Path(state_dir) / STATE_FILE
-        return atomic_write(Path(state_dir) / STATE_FILE, lambda tmp: torch.save(state, tmp))
+        path = Path(state_dir) / STATE_FILE
+        if self.rank == 0:
+            atomic_write(path, lambda tmp: torch.save(state, tmp))
+        if self.world > 1:
+            # no rank goes on (and perhaps looks for this state to resume) before it is on disk
+            torch.distributed.barrier()
+        return path
 
     def use_ema_weights(self) -> None:
         """Copy the EMA into the trainable parameters (the result of an EMA run)."""
