@@ -5,6 +5,7 @@ from .dataset import WanFlowCacheLatents, WanFlowVideoDataset
 from .demo import WanFlowDemoDataset, WanFlowDemoModels
 from .image_to_video import WanFlowImageToVideo
 from .lora import WanFlowLoadLoRA
+from .reward import WanFlowLoadRewardModel
 from .sampling import WanFlowEmptyLatent, WanFlowSampler
 from .save_video import WanFlowSaveVideo
 from .text import WanFlowTextEncode
@@ -31,6 +32,7 @@ NODE_CLASS_MAPPINGS = {
     "WanFlowTrainFull": WanFlowTrainFull,
     "WanFlowDemoModels": WanFlowDemoModels,
     "WanFlowDemoDataset": WanFlowDemoDataset,
+    "WanFlowLoadRewardModel": WanFlowLoadRewardModel,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "WanFlowLoadDiffusionModel": "WanFlow Load Diffusion Model",
@@ -52,4 +54,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "WanFlowTrainFull": "WanFlow Train Full",
     "WanFlowDemoModels": "WanFlow Demo Models",
     "WanFlowDemoDataset": "WanFlow Demo Dataset",
+    "WanFlowLoadRewardModel": "WanFlow Load Reward Model",
 }

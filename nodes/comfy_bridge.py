@@ -42,6 +42,36 @@ def list_model_files(category: str) -> list[str]:
     )
 
 
+def register_model_category(category: str) -> None:
+    """Make ComfyUI know a model-folder category core does not define (e.g. 'reward_models'):
+    `<models_dir>/<category>` with the usual weight extensions. Left alone when already defined
+    (by core or by extra_model_paths.yaml); outside ComfyUI `$WANFLOW_MODELS_DIR/<category>` needs nothing."""
+    folder_paths = _comfy("folder_paths")
+    if folder_paths is None or category in folder_paths.folder_names_and_paths:
+        return
+    folder = os.path.join(folder_paths.models_dir, category)
+    folder_paths.folder_names_and_paths[category] = ([folder], set(folder_paths.supported_pt_extensions))
+
+
+def comfy_resource(*parts: str) -> Path | None:
+    """A file or folder shipped inside ComfyUI's `comfy` package (e.g. 'sd1_tokenizer'), or None when
+    not running inside ComfyUI or when it is absent."""
+    comfy = _comfy("comfy")
+    for root in getattr(comfy, "__path__", None) or []:  # `comfy` is a namespace package (no __init__.py)
+        path = Path(root).joinpath(*parts)
+        if path.exists():
+            return path
+    return None
+
+
+def compute_device() -> torch.device:
+    """Where ComfyUI runs models (its torch device); outside ComfyUI the GPU when there is one."""
+    mm = _comfy("comfy.model_management")
+    if mm is not None:
+        return torch.device(mm.get_torch_device())
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def model_file_path(category: str, name: str) -> str:
     """Absolute path of a dropdown entry; a clear error when it does not exist."""
     folder_paths = _comfy("folder_paths")
