@@ -89,13 +89,23 @@ class DemoCodec(nn.Module):
             callback(1, 1)
         return z if normalized else denormalize_latent(z)
 
+    def denormalize(self, z: torch.Tensor) -> torch.Tensor:
+        return denormalize_latent(z)
+
     @torch.no_grad()
     def decode(self, latent: torch.Tensor, *, normalized: bool = True, tile=None, memory_budget=None,
                callback=None) -> torch.Tensor:
         """[B, 16, T, h, w] -> video [B, 3, 1 + 4(T-1), 8h, 8w] clamped to [-1, 1]."""
         self.check_latent(latent)
         z = latent.to(self.device, torch.float32)
-        z = z if normalized else normalize_latent(z)
+        return self._decode(z if normalized else normalize_latent(z), callback)
+
+    def decode_untiled(self, raw: torch.Tensor, callback=None) -> torch.Tensor:
+        """Raw (un-normalized) latents -> video, with autograd (WanVAE.decode_untiled's contract:
+        reward fine-tuning decodes through it)."""
+        return self._decode(normalize_latent(raw.to(self.device, torch.float32)), callback)
+
+    def _decode(self, z: torch.Tensor, callback) -> torch.Tensor:
         b, _, t, h, w = z.shape
         features = z[:, :COLOUR_CHANNELS].transpose(1, 2).reshape(b * t, COLOUR_CHANNELS, h, w) / GAIN
         pooled = F.pixel_shuffle(features, 2)  # [B*T, 3, 2h, 2w]
