@@ -3,7 +3,7 @@
 import { app } from "../../scripts/app.js";
 import { ComfyWidgets } from "../../scripts/widgets.js";
 
-const NODES_WITH_TEXT = new Set(["WanFlowModelInfo", "WanFlowLoadLoRA", "WanFlowTrainLoRA", "WanFlowTrainFull"]);
+const NODES_WITH_TEXT = new Set(["WanFlowModelInfo", "WanFlowLoadLoRA", "WanFlowTrainLoRA", "WanFlowTrainFull", "WanFlowSRPOTrain"]);
 
 app.registerExtension({
   name: "WanFlow.ShowText",

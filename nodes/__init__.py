@@ -6,6 +6,7 @@ from .demo import WanFlowDemoDataset, WanFlowDemoModels
 from .image_to_video import WanFlowImageToVideo
 from .lora import WanFlowLoadLoRA
 from .reward import WanFlowLoadRewardModel
+from .srpo import WanFlowSRPOTrain
 from .sampling import WanFlowEmptyLatent, WanFlowSampler
 from .save_video import WanFlowSaveVideo
 from .text import WanFlowTextEncode
@@ -33,6 +34,7 @@ NODE_CLASS_MAPPINGS = {
     "WanFlowDemoModels": WanFlowDemoModels,
     "WanFlowDemoDataset": WanFlowDemoDataset,
     "WanFlowLoadRewardModel": WanFlowLoadRewardModel,
+    "WanFlowSRPOTrain": WanFlowSRPOTrain,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "WanFlowLoadDiffusionModel": "WanFlow Load Diffusion Model",
@@ -55,4 +57,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "WanFlowDemoModels": "WanFlow Demo Models",
     "WanFlowDemoDataset": "WanFlow Demo Dataset",
     "WanFlowLoadRewardModel": "WanFlow Load Reward Model",
+    "WanFlowSRPOTrain": "WanFlow SRPO Train",
 }

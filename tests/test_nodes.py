@@ -35,7 +35,7 @@ ALL_NODES = ["WanFlowLoadDiffusionModel", "WanFlowModelInfo", "WanFlowLoadVAE", 
              "WanFlowLoadCLIPVision", "WanFlowTextEncode", "WanFlowVAEEncode", "WanFlowVAEDecode",
              "WanFlowEmptyLatent", "WanFlowImageToVideo", "WanFlowSampler", "WanFlowSaveVideo",
              "WanFlowLoadLoRA", "WanFlowVideoDataset", "WanFlowCacheLatents", "WanFlowTrainLoRA", "WanFlowTrainFull",
-             "WanFlowDemoModels", "WanFlowDemoDataset"]
+             "WanFlowDemoModels", "WanFlowDemoDataset", "WanFlowLoadRewardModel", "WanFlowSRPOTrain"]
 
 
 def test_every_node_is_registered():

@@ -94,6 +94,7 @@ class SRPOConfig:
     max_channel_shift: float = 1.0  # |Δ mean| of any latent channel, in its std before training
     max_fm_loss_ratio: float = 1.5  # flow-matching loss on held-out latents vs. before training
     patience: int = 0  # evaluations without a better held-out reward before stopping (0 = never)
+    keep: str = "best"  # best: end with the best in-bounds evaluated weights | last: the final weights
     seed: int = 0
     save_every: int = 0  # steps between resumable states (0: at the end / on interrupt only)
 
@@ -102,7 +103,7 @@ class SRPOConfig:
                      "discount_inversion"):
             setattr(self, name, tuple(getattr(self, name)))
         for name, value, allowed in (("mode", self.mode, ("lora", "full")), ("branches", self.branches, BRANCHES),
-                                     ("precision", self.precision, ("bf16", "fp32"))):
+                                     ("precision", self.precision, ("bf16", "fp32")), ("keep", self.keep, ("best", "last"))):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         lo, hi = self.sigma_window
@@ -274,14 +275,22 @@ class Rollout:
     @torch.no_grad()
     def sample(self, prompt: Prompt, noise: torch.Tensor, config: SRPOConfig) -> torch.Tensor:
         device = next(self.model.parameters()).device
-        cond = Conditioning(prompt.context[None].to(device),
-                            None if self.negative is None else self.negative[None].to(device))
+        text_len = self.model.config.text_len
+        cond = Conditioning(_pad_rows(prompt.context, text_len)[None].to(device),
+                            None if self.negative is None else _pad_rows(self.negative, text_len)[None].to(device))
         common = dict(steps=config.rollout_steps, shift=config.rollout_shift, solver="euler")
         if self.high_noise_model is not None:
             return generate(self.high_noise_model, noise, cond, guide_scale=config.guidance_high,
                             low_noise_model=self.model, guide_scale_low=config.guidance, boundary=config.boundary,
                             **common)
         return generate(self.model, noise, cond, guide_scale=config.guidance, **common)
+
+
+def _pad_rows(context: torch.Tensor, rows: int) -> torch.Tensor:
+    """[L, D] text embedding zero-padded (or cut) to the model's text length, so a prompt and the
+    negative prompt batch together for CFG."""
+    context = context[:rows].float()
+    return F.pad(context, (0, 0, 0, rows - context.shape[0]))
 
 
 def channel_stats(latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -599,7 +608,8 @@ def train_srpo(rollout: Rollout, reward, prompts: Sequence[Prompt], heldout_prom
                config: SRPOConfig, *, heldout_latents: torch.Tensor | None = None, decode_tile: tuple | None = None,
                state_dir=None, resume: bool = True, callback=None) -> SRPOResult:
     """Fine-tune `rollout.model` in place (full) or through a LoRA hooked onto it; see the module
-    docstring. The model ends with the best in-bounds weights seen by the held-out evaluation.
+    docstring. The model ends with the best in-bounds weights seen by the held-out evaluation
+    (config.keep = "best") or with the final ones ("last").
 
     heldout_latents: normalized latents [N, C, 1, h, w] for the flow-matching drift monitor (default:
     the model's own held-out rollouts before training). decode_tile: latent tile for the VAE.
@@ -643,7 +653,10 @@ def train_srpo(rollout: Rollout, reward, prompts: Sequence[Prompt], heldout_prom
             trainer._eval_mode()
         if state_dir is not None and trainer.step != saved_at:
             trainer.save(state_dir)
-        trainer.restore_best()
+        if config.keep == "best":
+            trainer.restore_best()
+        else:
+            result.best_step = trainer.step
         model.requires_grad_(False)
     result.steps_done = trainer.step
     result.seconds = time.perf_counter() - started
