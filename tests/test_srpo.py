@@ -179,6 +179,7 @@ def test_srp_score_swaps_the_control_words_on_the_inversion_branch():
 def test_decoding_for_the_reward_equals_the_vae_and_carries_gradient():
     vae = random_vae("2.1", 2)
     z = torch.randn(1, 16, 1, 6, 6, generator=torch.Generator().manual_seed(0))
+    weights = torch.randn(1, 3, 48, 48, generator=torch.Generator().manual_seed(1))
     expected = (vae.decode(z)[:, :, 0] / 2 + 0.5).clamp(0, 1)
     whole = decode_for_reward(vae, z.clone().requires_grad_(True))
     torch.testing.assert_close(whole, expected, atol=1e-6, rtol=0)
@@ -188,6 +189,14 @@ def test_decoding_for_the_reward_equals_the_vae_and_carries_gradient():
     torch.testing.assert_close(tiled, tiled_expected, atol=1e-6, rtol=0)
     tiled.mean().backward()
     assert zt.grad.abs().max() > 0 and torch.isfinite(zt.grad).all()
+    # checkpointing (the decoder's blocks recomputed in backward, tile after tile) changes no gradient
+    for tile in (None, (4, 4)):
+        grads = []
+        for checkpointed in (True, False):
+            zc = z.clone().requires_grad_(True)
+            (decode_for_reward(vae, zc, tile=tile, checkpointed=checkpointed) * weights).sum().backward()
+            grads.append(zc.grad)
+        torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-7)
     assert not any(p.requires_grad for p in vae.parameters())  # the VAE stays frozen
     with pytest.raises(ValueError, match="single images"):
         decode_for_reward(vae, torch.zeros(1, 16, 2, 4, 4))

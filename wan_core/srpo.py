@@ -39,7 +39,6 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from .generation import Conditioning, generate
 from .sampling import official_timestep
@@ -197,28 +196,30 @@ def direct_align(velocity, x_start: torch.Tensor, noise: torch.Tensor, sigma_sta
     return (x_target - sigma_target * noise) / (1 - sigma_target)
 
 
-def decode_for_reward(vae, latent: torch.Tensor, *, tile: tuple | None = None) -> torch.Tensor:
+def decode_for_reward(vae, latent: torch.Tensor, *, tile: tuple | None = None, checkpointed: bool = True) -> torch.Tensor:
     """Normalized one-frame latents [B, C, 1, h, w] -> images [B, 3, H, W] in [0, 1], differentiable.
 
-    The decoder runs under activation checkpointing (its activations are recomputed in the
-    backward pass instead of kept), tile by tile when `tile` (latent pixels) is given, so the
-    backward holds one tile's activations at a time. The VAE's weights stay frozen."""
+    With `checkpointed`, the Wan VAE decoder recomputes each of its blocks in the backward pass
+    instead of keeping their activations, and with `tile` (latent pixels) it decodes tile by tile,
+    so the backward holds one block of one tile at a time. The VAE's weights stay frozen."""
     vae.check_latent(latent)
     if latent.shape[2] != 1:
         raise ValueError(f"reward decoding works on single images (one latent frame), found {latent.shape[2]}")
     raw = vae.denormalize(latent.float())
+    decoder = getattr(vae, "decoder", None)  # the demo codec has none (and no activations to keep)
+    was = getattr(decoder, "gradient_checkpointing", False)
+    if decoder is not None:
+        decoder.gradient_checkpointing = checkpointed
+    try:
+        if tile is None:
+            video = vae.decode_untiled(raw)
+        else:
+            from .vae_tiling import _run_tiles
 
-    def run(piece, *_):
-        if torch.is_grad_enabled() and piece.requires_grad:
-            return checkpoint(vae.decode_untiled, piece, use_reentrant=False)
-        return vae.decode_untiled(piece)
-
-    if tile is None:
-        video = run(raw)
-    else:
-        from .vae_tiling import _run_tiles
-
-        video = _run_tiles(run, raw, tile, 1, vae.config.stride[1], 1)
+            video = _run_tiles(lambda piece, *_: vae.decode_untiled(piece), raw, tile, 1, vae.config.stride[1], 1)
+    finally:
+        if decoder is not None:
+            decoder.gradient_checkpointing = was
     # the official SRPO clamps the decoded image to [0, 1] (no gradient through clipped pixels)
     return (video[:, :, 0].float() / 2 + 0.5).clamp(0, 1)
 
@@ -410,6 +411,7 @@ class SRPOTrainer:
             raise ValueError("SRPO needs at least one training prompt")
         self.rollout, self.reward, self.prompts, self.config = rollout, reward.freeze(), list(prompts), config
         self.heldout, self.decode_tile = heldout, decode_tile
+        self.decode_checkpointing = True  # recompute the VAE decoder in backward (off only to measure it)
         model = rollout.model
         self.device = next(model.parameters()).device
         self.rank, self.world = _rank_and_world()
@@ -461,7 +463,8 @@ class SRPOTrainer:
         x_start = renoise(x0, noise, start)  # detached: x0 comes from the no-grad rollout
         v = self.velocity(x_start, start, prompt.context[None].to(self.device))
         x_hat = direct_align(v, x_start, noise, start, plan.target)
-        images = decode_for_reward(self.rollout.vae, x_hat, tile=self.decode_tile)
+        images = decode_for_reward(self.rollout.vae, x_hat, tile=self.decode_tile,
+                                   checkpointed=self.decode_checkpointing)
         score = branch_score(self.reward, images, prompt.text, branch, plan, step, self.config)
         return F.relu(self.config.hinge - score).mean(), score.detach(), x_hat
 

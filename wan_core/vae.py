@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 # Official per-channel latent statistics (normalized latent = (mu - mean) / std).
 LATENT_MEAN = {
@@ -284,6 +285,17 @@ def _run(block: nn.Module, x: torch.Tensor, first_chunk: bool) -> torch.Tensor:
     return block(x, first_chunk) if isinstance(block, (DownBlock, UpBlock)) else block(x)
 
 
+def _run_fresh(block: nn.Module, x: torch.Tensor, first_chunk: bool) -> torch.Tensor:
+    """_run with the block's causal caches cleared first: in a single-chunk decode that is the state
+    the block saw, and a recomputation in the backward pass (after other tiles ran) must see it too."""
+    for m in block.modules():
+        if isinstance(m, CausalConv3d):
+            m.history = None
+        elif isinstance(m, Resample):
+            m.state = None
+    return _run(block, x, first_chunk)
+
+
 class Encoder(nn.Module):
     def __init__(self, cfg: VAEConfig):
         super().__init__()
@@ -346,17 +358,25 @@ class Decoder(nn.Module):
         self.head = nn.Sequential(RMSNorm(dims[-1]), nn.SiLU(), CausalConv3d(dims[-1], 3 * cfg.patch ** 2, 3, padding=1))
         # blocks after the last temporal resampler are streamed one frame at a time
         self.stream_from = max(i for i, b in enumerate(blocks) if _is_temporal(b)) + 1
+        # recompute each block in the backward pass (reward fine-tuning decodes with gradient). Only
+        # for a single-chunk decode: a recomputed block would not see the causal cache of earlier chunks
+        self.gradient_checkpointing = False
+
+    def _block(self, block: nn.Module, x: torch.Tensor, first_chunk: bool) -> torch.Tensor:
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return checkpoint(_run_fresh, block, x, first_chunk, use_reentrant=False)
+        return _run(block, x, first_chunk)
 
     def forward(self, x: torch.Tensor, first_chunk: bool = False) -> torch.Tensor:
-        x = self.middle(self.conv1(x))
+        x = self._block(self.middle, self.conv1(x), first_chunk)
         for block in self.upsamples[: self.stream_from]:
-            x = _run(block, x, first_chunk)
+            x = self._block(block, x, first_chunk)
         frames = []
         for t in range(x.shape[2]):
             y = x[:, :, t:t + 1]
             for block in self.upsamples[self.stream_from:]:
-                y = _run(block, y, first_chunk)
-            frames.append(self.head(y))
+                y = self._block(block, y, first_chunk)
+            frames.append(self._block(self.head, y, first_chunk))
         return torch.cat(frames, dim=2)
 
 
