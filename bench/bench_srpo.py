@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train import mib, step_memory  # noqa: E402  (the same measurement as the LoRA benchmark)
+from bench_train import held_bytes, mib, step_memory  # noqa: E402  (the same measurement as the LoRA benchmark)
 
 from wan_core.model import WanConfig, WanDiT  # noqa: E402
 from wan_core.reward_clip import CLIPReward, load_clip_tokenizer  # noqa: E402
@@ -45,24 +45,12 @@ DIT = dict(dim=512, num_heads=4, ffn_dim=2048, num_layers=4, text_dim=4096, freq
            in_dim=16, out_dim=16, model_type="t2v")
 
 
-def storage_bytes(tensors, seen: set) -> int:
-    n = 0
-    for t in tensors:
-        s = t.untyped_storage()
-        if s.data_ptr() not in seen:
-            seen.add(s.data_ptr())
-            n += s.nbytes()
-    return n
-
-
-def held(trainer, modules) -> int:
-    seen: set = set()
-    params = [p for _, p in trainer.named_params]
-    total = storage_bytes(params, seen) + storage_bytes((p.grad for p in params if p.grad is not None), seen)
-    total += storage_bytes((v for st in trainer.optimizer.state.values() for v in st.values() if torch.is_tensor(v)), seen)
-    for m in modules:
-        total += storage_bytes(m.parameters(), seen) + storage_bytes(m.buffers(), seen)
-    return total
+def held(trainer, frozen=()) -> int:
+    """held_bytes of bench_train (weights, trainable, gradients, AdamW state) plus frozen modules."""
+    seen = {t.untyped_storage().data_ptr() for t in trainer.model.parameters()}
+    extra = sum(t.untyped_storage().nbytes() for m in frozen for t in [*m.parameters(), *m.buffers()]
+                if t.untyped_storage().data_ptr() not in seen and not seen.add(t.untyped_storage().data_ptr()))
+    return held_bytes(trainer)["total"] + extra
 
 
 def clip_reward(folder: Path, device) -> CLIPReward:
@@ -115,7 +103,7 @@ def main():
                                                           batch_size=1, steps=10))
     plain_model.train()
     plain.train_step()  # optimizer state exists from here on, as in every later step
-    plain_held = held(plain, [plain_model])
+    plain_held = held(plain)
     plain_peak, _ = step_memory(plain, device)
 
     # SRPO step
@@ -133,7 +121,7 @@ def main():
     srpo_model.register_forward_hook(lambda m, a, o: grad_forwards.append(torch.is_grad_enabled()))
     srpo.train_step()
     assert sum(grad_forwards) == 2, grad_forwards  # one gradient-carrying DiT forward per branch
-    srpo_held = held(srpo, [srpo_model, vae, reward])
+    srpo_held = held(srpo, [vae, reward])
     srpo_peak, _ = step_memory(srpo, device)
     srpo.decode_checkpointing = False
     nockpt_peak, _ = step_memory(srpo, device)

@@ -40,6 +40,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from .distributed import world
 from .generation import Conditioning, generate
 from .sampling import official_timestep
 
@@ -412,9 +413,9 @@ class SRPOTrainer:
         self.rollout, self.reward, self.prompts, self.config = rollout, reward.freeze(), list(prompts), config
         self.heldout, self.decode_tile = heldout, decode_tile
         self.decode_checkpointing = True  # recompute the VAE decoder in backward (off only to measure it)
-        model = rollout.model
+        self.model = model = rollout.model
         self.device = next(model.parameters()).device
-        self.rank, self.world = _rank_and_world()
+        self.rank, self.world = world()
         rollout.vae.requires_grad_(False)
         make_trainable(model)
         model.requires_grad_(False)
@@ -598,13 +599,9 @@ class SRPOTrainer:
 
 
 def load_srpo_state(state_dir) -> dict | None:
-    path = Path(state_dir) / STATE_FILE
-    if not path.is_file():
-        return None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"could not read the SRPO state {path}: {e}") from e
+    from .training import load_state
+
+    return load_state(state_dir, STATE_FILE)
 
 
 def train_srpo(rollout: Rollout, reward, prompts: Sequence[Prompt], heldout_prompts: Sequence[Prompt],
@@ -664,13 +661,6 @@ def train_srpo(rollout: Rollout, reward, prompts: Sequence[Prompt], heldout_prom
     result.steps_done = trainer.step
     result.seconds = time.perf_counter() - started
     return result
-
-
-def _rank_and_world() -> tuple[int, int]:
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def _average_gradients(params, world: int) -> None:

@@ -432,8 +432,9 @@ class Trainer:
                 p.copy_(self.ema[n].to(p.dtype))
 
 
-def load_state(state_dir) -> dict | None:
-    path = Path(state_dir) / STATE_FILE
+def load_state(state_dir, filename: str = STATE_FILE) -> dict | None:
+    """The resumable state saved in `state_dir` (read with weights_only), or None when there is none."""
+    path = Path(state_dir) / filename
     if not path.is_file():
         return None
     try:
