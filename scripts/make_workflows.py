@@ -63,6 +63,9 @@ UMT5 = model("umt5_xxl_fp8_e4m3fn_scaled.safetensors", "text_encoders")
 VAE21 = model("wan_2.1_vae.safetensors", "vae")
 VAE22 = model("wan2.2_vae.safetensors", "vae", HF22)
 CLIP_H = model("clip_vision_h.safetensors", "clip_vision")
+# not repackaged by Comfy-Org: the HPS v2.1 authors' open_clip ViT-H/14 checkpoint
+HPS21 = {"name": "HPS_v2.1_compressed.pt", "url": "https://huggingface.co/xswu/HPSv2/resolve/main/HPS_v2.1_compressed.pt",
+         "directory": "reward_models"}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -297,8 +300,77 @@ def demo_train() -> Graph:
     return g
 
 
+SEED_FIXED = {"seed:control": "fixed"}
+COLOUR_REWARD = "colour (demo, no file)"  # WanFlow Load Reward Model's built-in entry
+# everyday photographic prompts (HPS v2.1 rewards photographic quality); the held-out ones are never trained on
+SRPO_PROMPTS = [
+    "A young woman with freckles reading a book by a rain-streaked window, soft natural light, portrait photo.",
+    "An old fisherman mending a net on a wooden pier at dawn, mist over the harbour, detailed photograph.",
+    "A bowl of ramen with a soft-boiled egg and spring onions on a dark wooden table, close-up food photo.",
+    "A red fox sitting in fresh snow in a birch forest, warm sunrise light, wildlife photography.",
+    "A narrow cobblestone street in an old European town after rain, warm street lamps, evening.",
+    "A golden retriever puppy running across a green meadow full of dandelions, sunny afternoon.",
+]
+SRPO_HELDOUT = [
+    "A portrait of an elderly man with a white beard and a knitted cap, window light, detailed skin.",
+    "A mountain lake at sunrise with pine trees reflected in the calm water, landscape photograph.",
+]
+
+
+def srpo_outputs(g: Graph, col: int):
+    g.add("reward_curve", "PreviewImage", col, links=dict(images=("srpo", "reward_curve")), size=(520, 420),
+          title="Held-out reward and loss")
+    g.add("heldout", "PreviewImage", col, links=dict(images=("srpo", "heldout_images")), size=(520, 420),
+          title="Held-out images (last evaluation)")
+
+
+def srpo_demo() -> Graph:
+    g = Graph("wanflow_srpo_demo", "WanFlow demo: SRPO reward fine-tuning with a colour reward (no downloads)")
+    g.note("note", 0, "About this workflow", NOTES["srpo_demo"], size=(480, 560))
+    g.add("demo", "WanFlowDemoModels", 1, dict(seed=0, **SEED_FIXED))
+    g.add("reward", "WanFlowLoadRewardModel", 1, dict(reward=COLOUR_REWARD, kind="auto", dtype="fp32",
+                                                     device="default"))
+    # full fine-tune: the untrained demo DiT's output head is zero, so a LoRA on its blocks gets no gradient.
+    # The model ignores the text until trained, so every prompt names one colour (see the note).
+    g.add("srpo", "WanFlowSRPOTrain", 2, dict(
+        prompts="a red square moving left\na red square moving up\na red square moving down",
+        heldout_prompts="a red square moving right", output_name="wanflow/srpo_demo_model", mode="full",
+        save_dtype="fp32", steps=20, learning_rate=5e-4, width=64, height=64, rollout_steps=8, guidance=1.0,
+        guidance_high=1.0, negative_prompt="a grey square", eval_every=5, precision="fp32",
+        gradient_checkpointing=False, **SEED_FIXED),
+        links=dict(model=("demo", "model"), vae=("demo", "vae"), text_encoder=("demo", "text_encoder"),
+                   reward=("reward", "reward")))
+    srpo_outputs(g, 3)
+    return g
+
+
+def srpo_wan22_a14b_low_noise() -> Graph:
+    g = Graph("wanflow_srpo_wan22_a14b_low_noise", "SRPO reward fine-tuning of the Wan2.2 T2V A14B low-noise expert")
+    pack = load_pack().__name__
+    c = importlib.import_module(pack + ".wan_core.srpo").SRPOConfig()
+    g.note("note", 0, "About this workflow", srpo_a14b_note(c), size=(520, 760))
+    g.add("model", "WanFlowLoadDiffusionModel", 1, dict(model_name=T2V_A14B_LOW["name"],
+                                                       weight_dtype="keep file dtype (low memory)",
+                                                       compute_dtype="auto"),
+          models=[T2V_A14B_LOW], title="Low-noise expert (trained)")
+    g.add("model_high", "WanFlowLoadDiffusionModel", 1, dict(model_name=T2V_A14B_HIGH["name"],
+                                                            weight_dtype="keep file dtype (low memory)",
+                                                            compute_dtype="auto"),
+          models=[T2V_A14B_HIGH], title="High-noise expert (rollout only)")
+    text_encoder_and_vae(g, VAE21)
+    g.add("reward", "WanFlowLoadRewardModel", 1, dict(reward=HPS21["name"], kind="HPS v2.1", dtype="fp32",
+                                                     device="default"), models=[HPS21])
+    g.add("srpo", "WanFlowSRPOTrain", 2, dict(  # everything else: the node's defaults
+        prompts="\n".join(SRPO_PROMPTS), heldout_prompts="\n".join(SRPO_HELDOUT),
+        output_name="wanflow/srpo_wan22_a14b_low_noise", **SEED_FIXED),
+        links=dict(model=("model", "model"), model_high_noise=("model_high", "model"), vae=("vae", "vae"),
+                   text_encoder=("text_encoder", "text_encoder"), reward=("reward", "reward")))
+    srpo_outputs(g, 3)
+    return g
+
+
 GRAPHS = [t2v_wan21_13b, i2v_wan21_14b, ti2v_wan22_5b, t2v_wan22_a14b, train_lora_wan21_13b, t2v_wan21_13b_lora,
-          demo_train]
+          demo_train, srpo_demo, srpo_wan22_a14b_low_noise]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -317,7 +389,9 @@ def files_md(*entries: dict) -> str:
         tree.append(f"    {'└' if last else '├'}── {d}/")
         for j, f in enumerate(folders[d]):
             tree.append(f"    {' ' if last else '│'}   {'└' if j == len(folders[d]) - 1 else '├'}── {f}")
-    return ("**Model files** (Comfy-Org's repackaged files, as ComfyUI's own Wan templates use)\n\n"
+    others = any("/Comfy-Org/" not in e["url"] for e in entries)
+    return ("**Model files** (Comfy-Org's repackaged files, as ComfyUI's own Wan templates use"
+            + ("; the others from their authors' repositories" if others else "") + ")\n\n"
             + links + "\n\n```\n" + "\n".join(tree) + "\n```\n")
 
 
@@ -339,6 +413,28 @@ Text Encode → Empty Latent → Sampler → VAE Decode chain samples a held-out
 
 Try the other held-out prompts (listed by the dataset node), or a seen one. The trained model is also
 saved to `models/diffusion_models/wanflow/demo_model.safetensors`.
+""",
+    "srpo_demo": """## WanFlow demo: SRPO reward fine-tuning, no downloads
+
+SRPO (Direct-Align + Semantic Relative Preference) on the embedded demo's models, on a CPU in under a
+minute. **WanFlow Demo Models** makes the tiny demo DiT (random weights), its stand-in VAE and word encoder;
+**WanFlow Load Reward Model** with `colour (demo, no file)` is a toy reward: does the image's colour match
+the colour named in the prompt? It has the shortcut real rewards have (more saturation scores higher),
+which SRPO's control words (`Real`, `Painting`, ...) counter.
+
+**The demo model is untrained**: its images are decoded noise and it ignores the text. So every prompt here names
+the same colour (the held-out prompt is never trained on, but SRPO cannot teach an untrained model to
+read), `guidance` is 1 (classifier-free guidance means nothing without text conditioning; the negative
+prompt is then unused), and `mode` is `full`: its output layer starts at zero, so a LoRA on its blocks
+would get no gradient. For a model that follows the prompts, train one with `wanflow_demo_train` and load
+`wanflow/demo_model.safetensors` into `model` with **WanFlow Load Diffusion Model** (keep the demo's VAE
+and text encoder); then prompts of other colours make sense.
+
+Each of the 20 steps rolls out a 64×64 image in 8 Euler steps, re-noises it inside the σ window, takes
+one gradient step down and one up, recovers the image in one step and scores it. Every 5 steps the
+held-out prompt is scored (**Held-out reward and loss** preview) with drift monitors; the best weights
+are kept and saved to `models/diffusion_models/wanflow/srpo_demo_model.safetensors`. Raise
+`learning_rate` to 1e-3 to see the channel-drift monitor stop the run early.
 """,
     "train_lora": f"""## WanFlow: train a LoRA for Wan2.1 T2V 1.3B
 
@@ -421,6 +517,36 @@ early steps, the **low-noise** expert (`model_low_noise`) the rest. The switch h
 {NEGATIVE_TIP} {SAMPLER_TIP}
 """,
 }
+
+
+def srpo_a14b_note(c) -> str:
+    """The A14B SRPO note, its numbers taken from SRPOConfig `c` (the node's defaults)."""
+    checkpointing = " with gradient checkpointing" if c.gradient_checkpointing else ""
+    return f"""## WanFlow: SRPO reward fine-tuning of Wan2.2 T2V A14B (low-noise expert)
+
+{files_md(T2V_A14B_LOW, T2V_A14B_HIGH, UMT5, VAE21, HPS21)}
+**WanFlow SRPO Train** fine-tunes the **low-noise expert** (input `model`) with a LoRA against
+**HPS v2.1** (text to image, one frame). Each step rolls out an image without gradient (Euler + CFG; the
+**high-noise expert** on `model_high_noise` takes the steps above `boundary` {c.boundary} and is never trained),
+re-noises it with the same noise at a σ* drawn from the window {c.sigma_window[0]}–{c.sigma_window[1]}
+(inside the low-noise expert's range), takes one gradient-carrying step down and one up, recovers the image in one step, decodes it
+with the frozen Wan2.1 VAE and scores it. Control words (`positive_words` / `negative_words`) go to the
+reward's text only. The held-out prompts are scored every `eval_every` steps with drift monitors
+(saturation, latent channel statistics, flow-matching loss); a run that drifts stops and the best
+weights are kept. The LoRA goes to `models/loras/wanflow/srpo_wan22_a14b_low_noise.safetensors`
+(ComfyUI format: use it on the low-noise expert in `wanflow_t2v_wan22_a14b` with **WanFlow Load LoRA**).
+Interrupting keeps a resumable state; queue again with the same settings to continue.
+
+**HPS v2.1** is the authors' open_clip ViT-H/14 checkpoint `HPS_v2.1_compressed.pt` (Hugging Face
+`xswu/HPSv2`), in `models/reward_models/`. Its tokenizer comes from ComfyUI's bundled CLIP tokenizer
+(`comfy/sd1_tokenizer`, the same BPE open_clip uses) unless a CLIP tokenizer (`vocab.json` + `merges.txt`)
+sits next to the file.
+
+**Settings**: the node's defaults: {c.width}×{c.height}, {c.steps} steps, learning rate {c.learning_rate:g},
+LoRA rank {c.lora_rank}, rollout {c.rollout_steps} steps at CFG {c.guidance:g}, {c.precision} autocast{checkpointing}.
+The fp8 experts stay in fp8 (`weight_dtype` `keep file dtype (low memory)`, upcast one layer at a time);
+the LoRA weights stay fp32. For less GPU memory set the reward's `dtype` to bf16 and `decode_tile` to 32.
+"""
 
 
 # ------------------------------------------------------------------------------------------------

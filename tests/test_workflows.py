@@ -20,6 +20,9 @@ FRONTEND_ONLY = {"Note", "MarkdownNote", "PrimitiveNode", "Reroute"}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
 MODEL_SUFFIXES = (".safetensors", ".sft", ".pth", ".pt", ".ckpt", ".bin")
+# file dropdowns that also offer built-in entries (so their option list is never empty): a model file
+# name is as valid in them as in an empty dropdown
+FILE_DROPDOWNS_WITH_BUILTINS = {("WanFlowLoadRewardModel", "reward")}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
@@ -154,7 +157,10 @@ def check_nodes(wf, nodes, fname):
         for name, value in named.items():
             kind, options, opts = specs[name]
             if kind == "COMBO":
-                if options:
+                if (node["type"], name) in FILE_DROPDOWNS_WITH_BUILTINS and value not in options:
+                    assert isinstance(value, str) and value.endswith(MODEL_SUFFIXES) and "/.." not in "/" + value, \
+                        f"{where}: {name}={value!r} is neither a built-in entry {options} nor a model file name"
+                elif options:
                     assert value in options, f"{where}: {name}={value!r} not in {options}"
                 elif opts.get("image_upload"):  # LoadImage: a file in ComfyUI's input/ folder
                     assert isinstance(value, str) and value.lower().endswith(IMAGE_SUFFIXES) and \
@@ -283,3 +289,14 @@ def test_checker_catches_mistakes(nodes):
         with pytest.raises((AssertionError, IndexError, KeyError)):
             check(broken(edit), nodes, what)
             pytest.fail(f"{what}: broken workflow accepted")  # pragma: no cover
+
+    # the reward dropdown takes its built-in entry or a model file name, nothing else
+    srpo = json.loads(next(p for p in UI_FILES if p.stem == "wanflow_srpo_wan22_a14b_low_noise").read_text())
+    reward = next(i for i, n in enumerate(srpo["nodes"]) if n["type"] == "WanFlowLoadRewardModel")
+    for bad in ("HPS_v2.1_compressed.txt", "../HPS_v2.1_compressed.pt"):
+        wf = json.loads(json.dumps(srpo))
+        wf["nodes"][reward]["widgets_values"][0] = bad
+        with pytest.raises(AssertionError, match="neither a built-in entry"):
+            check_nodes(wf, nodes, bad)
+    srpo["nodes"][reward]["widgets_values"][0] = "colour (demo, no file)"
+    check_nodes(srpo, nodes, "built-in entry")

@@ -57,8 +57,13 @@ GEN_DITS = {  # file name -> (kind, seed, fp8 scaled)
     "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors": ("t2v", 14, True),
 }
 E2E_LORA = "wanflow/my_wan21_1.3b_lora.safetensors"  # what wanflow_t2v_wan21_1.3b_lora loads
+HPS_NAME = "HPS_v2.1_compressed.pt"  # what wanflow_srpo_wan22_a14b_low_noise loads from models/reward_models
+CLIP_VOCAB = 49408  # the real CLIP BPE's size: the tiny reward then reads ComfyUI's own comfy/sd1_tokenizer
 # small sizes for queuing the shipped generation workflows on CPU
 FAST = {"width": 64, "height": 64, "frames": 5, "steps": 3, "train_steps": 3}
+# SRPO at the smallest size the tiny VAEs allow (8x spatial, patch 2: 32 px = 2x2 tokens)
+FAST_SRPO = {"steps": 2, "width": 32, "height": 32, "rollout_steps": 2, "eval_every": 1}
+SHRUNK_NODES = ("WanFlowSampler", "WanFlowSRPOTrain")  # workflows that only run on CPU once shrunk
 CLIP_NAME = "clip_vision_h.safetensors"
 WORKFLOWS = REPO / "workflows"
 API_FILES = sorted((WORKFLOWS / "api").glob("*.json"))
@@ -134,7 +139,23 @@ def checkpoint(tmp_path_factory):
                 p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(2)) * 0.05)
     save_lora(models / "loras" / E2E_LORA, net, metadata={"wanflow.variant": model.config.variant})
     net.remove()
+    write_tiny_hps(models / "reward_models" / HPS_NAME)
     return base, path
+
+
+def write_tiny_hps(path: Path) -> None:
+    """A tiny random CLIP in HPS v2.1's file layout (open_clip keys under 'module.', a {"state_dict"}
+    .pt) with the real CLIP vocabulary size and no tokenizer beside it: the loader's auto tokenizer
+    falls back to ComfyUI's bundled comfy/sd1_tokenizer, as it does for the real file."""
+    from transformers import CLIPModel
+
+    from wan_core.tiny import randomize_
+    from wan_core.tiny_reward import TINY_LOGIT_SCALE, save_open_clip_checkpoint, tiny_clip_config
+
+    model = randomize_(CLIPModel(tiny_clip_config(vocab_size=CLIP_VOCAB)), 21, 0.05)
+    with torch.no_grad():
+        model.logit_scale.fill_(TINY_LOGIT_SCALE)
+    save_open_clip_checkpoint(model, path, module_prefix=True)
 
 
 def write_training_clips(folder: Path) -> None:
@@ -209,6 +230,9 @@ def test_every_node_registered(server):
                                ("WanFlowLoadCLIPVision", "clip_name", CLIP_NAME)]:
         assert name in listed[node]["input"]["required"][widget][0], (node, listed[node]["input"]["required"][widget])
     assert listed["WanFlowModelInfo"]["output_node"] is True
+    # models/reward_models is the pack's own category, registered with ComfyUI's folder_paths
+    rewards = listed["WanFlowLoadRewardModel"]["input"]["required"]["reward"][0]
+    assert HPS_NAME in rewards and "colour (demo, no file)" in rewards, rewards
 
 
 def test_templates_list_only_ui_workflows(server):
@@ -235,6 +259,8 @@ def fast_generation_prompt(prompt: dict) -> dict:
             node["inputs"].update(steps=FAST["train_steps"], validation_steps=2, validate_every=0)
         if node["class_type"] == "WanFlowDemoDataset":
             node["inputs"]["clips_per_combo"] = 1
+        if node["class_type"] == "WanFlowSRPOTrain":
+            node["inputs"].update(FAST_SRPO)
         if node["class_type"] == "WanFlowVAEDecode":
             fast[f"frames{nid}"] = {"class_type": "SaveImage",
                                     "inputs": {"images": [nid, 0], "filename_prefix": f"wanflow_e2e/frames{nid}"}}
@@ -244,17 +270,19 @@ def fast_generation_prompt(prompt: dict) -> dict:
 @pytest.mark.parametrize("path", API_FILES, ids=lambda p: p.name)
 def test_api_workflow_runs(server, path, tmp_path):
     prompt = json.loads(path.read_text())
-    generation = any(n["class_type"] == "WanFlowSampler" for n in prompt.values())
-    if generation:
+    shrunk = any(n["class_type"] in SHRUNK_NODES for n in prompt.values())
+    if shrunk:
         prompt = fast_generation_prompt(prompt)
         path = tmp_path / path.name
         path.write_text(json.dumps(prompt))
     info_nodes = [nid for nid, n in prompt.items() if n["class_type"] == "WanFlowModelInfo"]
     save_nodes = [nid for nid, n in prompt.items() if n["class_type"] == "SaveImage"]
     video_nodes = [nid for nid, n in prompt.items() if n["class_type"] in ("WanFlowSaveVideo", "SaveVideo")]
+    srpo_nodes = [nid for nid, n in prompt.items() if n["class_type"] == "WanFlowSRPOTrain"]
+    preview_nodes = [nid for nid, n in prompt.items() if n["class_type"] == "PreviewImage"]
     report, downloads = tmp_path / "report.json", tmp_path / "downloads"
     args = ["run", path, "--timeout", "600", "--report", report, "--download", downloads]
-    for nid in info_nodes + save_nodes + video_nodes:
+    for nid in info_nodes + save_nodes + video_nodes + srpo_nodes + preview_nodes:
         args += ["--expect-output", nid]
     proc = e2e(server, *args, timeout=900)
     assert proc.returncode == 0, proc.stdout
@@ -266,7 +294,9 @@ def test_api_workflow_runs(server, path, tmp_path):
         assert "model_type: t2v" in text and "dim: 256, heads: 2, layers: 2, ffn: 256" in text, text
         assert "variant: wan2.1-t2v" in text and "text_dim: 4096" in text, text
         assert "weights stored as: float16; compute dtype: float16" in text, text
-    if generation:
+    if srpo_nodes:
+        check_srpo_outputs(prompt, rep["outputs"], Path(server["base"]), downloads)
+    if shrunk:
         check_training_outputs(prompt, rep["outputs"], Path(server["base"]))
         check_generation_outputs(prompt, rep["outputs"], save_nodes, video_nodes, Path(server["base"]))
         return
@@ -296,6 +326,51 @@ def check_training_outputs(prompt, outputs, base: Path) -> None:
         state = base / "output" / "wanflow_training" / node["inputs"]["output_name"] / "train_state.pt"
         assert state.is_file(), f"no resumable state at {state}"
         print(f"  {kind} {nid}: wrote {path.relative_to(base)} ({len(keys)} tensors) and its resumable state")
+
+
+def check_srpo_outputs(prompt, outputs, base: Path, downloads: Path) -> None:
+    """SRPO nodes wrote their LoRA (or full model) where ComfyUI lists it, with its SRPO summary and a
+    resumable state, and their reward curve and held-out images reached the previews."""
+    import numpy as np
+    from safetensors import safe_open
+
+    for nid, node in prompt.items():
+        if node["class_type"] != "WanFlowSRPOTrain":
+            continue
+        inputs = node["inputs"]
+        lora = inputs.get("mode", "lora") == "lora"
+        path = base / "models" / ("loras" if lora else "diffusion_models") / (inputs["output_name"] + ".safetensors")
+        text = outputs[nid]["text"][0]
+        assert text.startswith(str(path.resolve()) + "\n") and "held-out reward" in text, text
+        with safe_open(path, "pt") as f:
+            meta, keys = f.metadata(), list(f.keys())
+        # both evaluations (eval_every 1) ran unless a drift monitor stopped the run, which it then says
+        stopped = "stopped early" in meta["wanflow.srpo.summary"]
+        assert meta["wanflow.steps"] == str(FAST_SRPO["steps"]) or stopped, meta
+        assert meta["wanflow.srpo.summary"] in text, (meta, text)
+        if lora:
+            assert keys and all(k.startswith("diffusion_model.blocks.") for k in keys), keys[:3]
+            assert any(k.endswith(".lora_down.weight") for k in keys)
+            assert any(k.endswith(".lora_up.weight") for k in keys)
+            assert any(k.endswith(".alpha") for k in keys) and meta["wanflow.rank"] == str(inputs["lora_rank"]), meta
+        else:
+            assert "head.head.weight" in keys and "blocks.0.self_attn.q.weight" in keys, keys[:3]
+        state = base / "output" / "wanflow_training" / (inputs["output_name"] + "_srpo") / "srpo_state.pt"
+        assert state.is_file(), f"no resumable state at {state}"
+        n_heldout = len([line for line in inputs["heldout_prompts"].splitlines() if line.strip()])
+        previews = {prompt[pid]["inputs"]["images"][1]: pid for pid, p in prompt.items()
+                    if p["class_type"] == "PreviewImage" and p["inputs"]["images"][0] == nid}
+        assert set(previews) == {2, 3}, f"the workflow previews reward_curve and heldout_images: {previews}"
+        expected = {2: (1, (480, 640, 3)), 3: (n_heldout, (inputs["height"], inputs["width"], 3))}
+        for slot, (count, shape) in expected.items():
+            pid = previews[slot]
+            images = outputs[pid]["images"]
+            assert len(images) == count, (slot, images)
+            arrays = [np.asarray(PIL_Image().open(downloads / f"{pid}_{e['filename']}").convert("RGB")) for e in images]
+            assert all(a.shape == shape for a in arrays), [a.shape for a in arrays]
+            assert all(a.std() > 1.0 for a in arrays), "blank preview"
+        print(f"  WanFlowSRPOTrain {nid}: wrote {path.relative_to(base)} ({len(keys)} tensors), its state, a reward "
+              f"curve and {n_heldout} held-out image(s)\n    " + meta["wanflow.srpo.summary"].replace("\n", "\n    "))
 
 
 def output_files(base: Path, entries) -> list[Path]:
@@ -417,9 +492,9 @@ def test_ui_workflow_loads_in_browser(server, path, tmp_path):
         pytest.skip("headless UI check skipped: no 'chromium' on PATH (apt-get install chromium) "
                     "or WANFLOW_E2E_NO_UI=1")
     report, exported = tmp_path / "ui.json", tmp_path / "exported_api.json"
-    # generation workflows run at full size (minutes per step on a CPU even with tiny models): the
-    # API test queues their twins at small sizes; here they are loaded and converted only
-    queue = "WanFlowSampler" not in path.read_text()
+    # generation and SRPO workflows run at full size (minutes per step on a CPU even with tiny models):
+    # the API test queues their twins at small sizes; here they are loaded and converted only
+    queue = not any(kind in path.read_text() for kind in SHRUNK_NODES)
     proc = e2e(server, "ui", path, "--report", report, "--export-api", exported, "--strict-values",
                "--screenshot", tmp_path / "ui.png", *(["--queue"] if queue else []), "--timeout", "300", timeout=420)
     if proc.returncode == 4:
