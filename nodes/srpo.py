@@ -27,6 +27,16 @@ def _words(text: str) -> tuple:
     return tuple(w.strip() for w in text.split(",") if w.strip())
 
 
+def _negative_text(negative_prompt: str, cfg) -> str:
+    """The rollout's CFG negative: the given one, else Wan's default for the variant (none for others)."""
+    if negative_prompt.strip():
+        return negative_prompt
+    try:
+        return default_negative_prompt(cfg.variant or "wan2.1-t2v")
+    except ValueError:  # not a Wan release (the demo model): an empty negative prompt
+        return ""
+
+
 def _image(pil) -> torch.Tensor:
     return torch.from_numpy(np.asarray(pil.convert("RGB"), dtype=np.float32) / 255.0)[None]
 
@@ -157,8 +167,8 @@ class WanFlowSRPOTrain:
         high = load_dit(model_high_noise) if model_high_noise is not None else None
 
         encoder = text_encoder.load()
-        negative_text = negative_prompt if negative_prompt.strip() else default_negative_prompt(cfg.variant or "wan2.1-t2v")
-        texts = train_texts + heldout_texts + [negative_text]
+        guided = config.guidance > 1 or (high is not None and config.guidance_high > 1)
+        texts = train_texts + heldout_texts + ([_negative_text(negative_prompt, cfg)] if guided else [])
         with torch.inference_mode(False):
             features = [f.detach().float().cpu().clone() for f in encoder.encode(texts)]
         for f in features:
@@ -166,7 +176,7 @@ class WanFlowSRPOTrain:
                 raise ValueError(f"the text encoder gives {f.shape[-1]}-wide features, the model takes {cfg.text_dim}")
         train_prompts = [Prompt(t, f[:cfg.text_len]) for t, f in zip(train_texts, features)]
         heldout = [Prompt(t, f[:cfg.text_len]) for t, f in zip(heldout_texts, features[len(train_texts):])]
-        negative = features[-1][:cfg.text_len] if config.guidance > 1 or config.guidance_high > 1 else None
+        negative = features[-1][:cfg.text_len] if guided else None
 
         bar = progress_callback()
 

@@ -82,3 +82,19 @@ def test_srpo_node_clear_errors():
         WanFlowSRPOTrain().run(**inputs(reward="HPS"))
     with pytest.raises(ValueError, match="needs SRP"):
         WanFlowSRPOTrain().run(**inputs(srp=False))
+
+
+def test_srpo_node_runs_on_models_made_under_inference_mode(folders):
+    """ComfyUI loads models and runs nodes under torch.inference_mode: the VAE the reward backpropagates
+    through (a real Wan VAE here) and the DiT must still work, and the demo model's missing default
+    negative prompt must not matter."""
+    from wan_core.tiny_vae import random_vae
+
+    with torch.inference_mode():
+        args = inputs(vae=ModelHandle(random_vae("2.1", 0), name="tiny vae", role="vae"),
+                      model=ModelHandle(random_dit("t2v", 0, text_len=8, text_dim=32), name="wanflow-demo"),
+                      reward=ColourReward(), steps=2, eval_every=0, guidance=2.0, negative_prompt="")
+        args["model"].module.config.variant = "wanflow-demo"  # not a Wan release: no default negative prompt
+        out = WanFlowSRPOTrain().run(**args)
+    with safe_open(out["result"][1], "pt") as f:
+        assert f.metadata()["wanflow.steps"] == "2"

@@ -417,7 +417,10 @@ class SRPOTrainer:
         self.device = next(model.parameters()).device
         self.rank, self.world = world()
         rollout.vae.requires_grad_(False)
-        make_trainable(model)
+        # ComfyUI loads under inference_mode: the VAE and reward are frozen but autograd must save
+        # their tensors for the backward to the pixels, so they need normal tensors too
+        for module in (rollout.vae, self.reward, model):
+            make_trainable(module)
         model.requires_grad_(False)
         if config.mode == "lora":
             from .lora import add_lora
@@ -492,6 +495,10 @@ class SRPOTrainer:
         else:
             norm = torch.stack([p.grad.norm() for p in params if p.grad is not None]).norm()
         loss = sum(losses) / len(losses)
+        if self.step == 0 and loss > 0 and float(norm) == 0:
+            raise ValueError("no gradient reaches the trained weights although the loss is active: with a LoRA "
+                             "on a model whose output head is all zeros (e.g. an untrained demo model) nothing "
+                             "can flow back; train that model fully (mode 'full') or start from a trained one")
         if not (math.isfinite(loss) and math.isfinite(float(norm))):
             self.optimizer.zero_grad(set_to_none=True)
             raise FloatingPointError(f"non-finite SRPO loss or gradient at step {self.step + 1}")
@@ -675,15 +682,24 @@ def _average_gradients(params, world: int) -> None:
 
 
 def reward_curve_image(result: SRPOResult, *, width: int = 640, height: int = 480):
-    """Two stacked plots: the held-out reward per evaluation and the training hinge loss per step."""
+    """Two stacked plots over the optimizer steps: the held-out reward (each evaluation's value held
+    until the next one) and the training hinge loss."""
     from PIL import Image
 
     from .loss_plot import loss_curve_image
 
-    rewards = [e.reward for e in result.evaluations] or [float("nan")]
-    steps = [e.step for e in result.evaluations]
-    title = "held-out reward at steps " + (", ".join(map(str, steps[:8])) + (" ..." if len(steps) > 8 else ""))
-    top = loss_curve_image(rewards, width=width, height=height // 2, title=title, smooth=1, log_scale=False)
+    evaluations = result.evaluations
+    if evaluations:
+        marks = {e.step: e.reward for e in evaluations}
+        value, held = evaluations[0].reward, []
+        for step in range(evaluations[-1].step + 1):
+            value = marks.get(step, value)
+            held.append(value)
+        title = "held-out reward (evaluated at steps " + ", ".join(str(e.step) for e in evaluations[:8]) + \
+            (", ..." if len(evaluations) > 8 else "") + ")"
+    else:
+        held, title = [float("nan")], "held-out reward (no evaluation)"
+    top = loss_curve_image(held, width=width, height=height // 2, title=title, smooth=1, log_scale=False)
     bottom = loss_curve_image(result.losses or [float("nan")], width=width, height=height - height // 2,
                               title="SRPO hinge loss per step", log_scale=False)
     image = Image.new("RGB", (width, height))
