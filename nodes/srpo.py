@@ -3,20 +3,16 @@ adapter over wan_core.srpo. Text-to-image on one latent frame; LoRA by default (
 models/loras in ComfyUI's format), full fine-tune to models/diffusion_models."""
 from __future__ import annotations
 
-import copy
-
-import numpy as np
 import torch
 
-from ..wan_core.dit_export import save_safetensors
 from ..wan_core.lora import save_lora
 from ..wan_core.prompts import default_negative_prompt
 from ..wan_core.srpo import NEGATIVE_WORDS, POSITIVE_WORDS, Prompt, Rollout, SRPOConfig, reward_curve_image, train_srpo
-from .comfy_bridge import (ModelHandle, confined_path, progress_callback, progress_text, refresh_file_list,
-                           save_folder)
+from .comfy_bridge import confined_path, progress_callback, progress_text, refresh_file_list, save_folder
 from .lora import model_with_lora
 from .models import MODEL_TYPES, dit_config, load_dit
-from .training import LORA_TARGETS, SAVE_DTYPES, _model_name, state_dir
+from .training import (LORA_TARGETS, SAVE_DTYPES, _model_name, full_finetune_copy, pil_image, save_full_model,
+                       state_dir)
 
 
 def _lines(text: str) -> list[str]:
@@ -35,10 +31,6 @@ def _negative_text(negative_prompt: str, cfg) -> str:
         return default_negative_prompt(cfg.variant or "wan2.1-t2v")
     except ValueError:  # not a Wan release (the demo model): an empty negative prompt
         return ""
-
-
-def _image(pil) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(pil.convert("RGB"), dtype=np.float32) / 255.0)[None]
 
 
 class WanFlowSRPOTrain:
@@ -158,12 +150,7 @@ class WanFlowSRPOTrain:
         cfg = dit_config(model)
         codec = vae.load()
         codec.check_compatible(cfg)
-        source = load_dit(model)
-        if mode == "full":
-            if any(p.dtype.itemsize == 1 for p in source.parameters()):
-                raise ValueError("full fine-tuning needs 16/32-bit weights; this model is stored in fp8")
-            with torch.inference_mode(False):
-                source = copy.deepcopy(source)  # the input model stays as it is
+        source = full_finetune_copy(model) if mode == "full" else load_dit(model)
         high = load_dit(model_high_noise) if model_high_noise is not None else None
 
         encoder = text_encoder.load()
@@ -206,19 +193,13 @@ class WanFlowSRPOTrain:
                 refresh_file_list("loras")
                 out_model = model_with_lora(model, lora_sd, 1.0)[0]
             else:
-                dtype = SAVE_DTYPES[save_dtype]
-                path = confined_path(save_folder("diffusion_models"), output_name, ".safetensors")
-                weights = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
-                           for k, v in source.state_dict().items()}
-                save_safetensors(weights, path, metadata=metadata)
-                refresh_file_list("diffusion_models")
-                out_model = ModelHandle(source.to(dtype).eval(), name=str(path.name))
+                out_model, path = save_full_model(source, output_name, save_dtype, metadata)
         finally:
             if result.network is not None:
                 result.network.remove()  # the hooks served training; the output carries the LoRA
         images = result.last_images.permute(0, 2, 3, 1).contiguous() if result.last_images is not None else torch.zeros(1, 64, 64, 3)
         text = f"{path}\n{summary}"
-        return {"ui": {"text": [text]}, "result": (out_model, str(path), _image(reward_curve_image(result)), images)}
+        return {"ui": {"text": [text]}, "result": (out_model, str(path), pil_image(reward_curve_image(result)), images)}
 
 
 def _summary(result) -> str:

@@ -163,10 +163,36 @@ class TrainingRun:
 
 
 
+def pil_image(image) -> torch.Tensor:
+    """A PIL image as a ComfyUI IMAGE [1, H, W, 3] in [0, 1]."""
+    return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0)[None]
+
+
 def loss_image(losses) -> torch.Tensor:
     """The loss curve as an IMAGE [1, H, W, 3]."""
-    image = loss_curve_image(list(losses))
-    return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0)[None]
+    return pil_image(loss_curve_image(list(losses)))
+
+
+def full_finetune_copy(model) -> torch.nn.Module:
+    """The DiT behind a model socket, copied for a full fine-tune (the input stays as it is: ComfyUI
+    may reuse it); fp8-stored weights are refused."""
+    source = load_dit(model)
+    if any(p.dtype.itemsize == 1 for p in source.parameters()):
+        raise ValueError("full fine-tuning needs 16/32-bit weights; this model is stored in fp8: load it with "
+                         "weight_dtype 'default' or 'bf16' from a bf16/fp16 file")
+    with torch.inference_mode(False):
+        return copy.deepcopy(source)
+
+
+def save_full_model(dit, output_name: str, save_dtype: str, metadata: dict):
+    """Write a fully fine-tuned DiT to models/diffusion_models (official keys) -> (ModelHandle, path)."""
+    dtype = SAVE_DTYPES[save_dtype]
+    path = confined_path(save_folder("diffusion_models"), output_name, ".safetensors")
+    weights = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
+               for k, v in dit.state_dict().items()}
+    save_safetensors(weights, path, metadata=metadata)
+    refresh_file_list("diffusion_models")
+    return ModelHandle(dit.to(dtype).eval(), name=str(path.name)), path  # as saved
 
 
 def state_dir(name: str, tag: str = ""):
@@ -305,12 +331,7 @@ class WanFlowTrainFull:
                   gradient_checkpointing=gradient_checkpointing, seed=seed)
         run = TrainingRun(latents, steps, kw)
         run.check_model(dit_config(model))
-        source = load_dit(model)
-        if any(p.dtype.itemsize == 1 for p in source.parameters()):
-            raise ValueError("full fine-tuning needs 16/32-bit weights; this model is stored in fp8: load it with "
-                             "weight_dtype 'default' or 'bf16' from a bf16/fp16 file")
-        with torch.inference_mode(False):
-            dit = copy.deepcopy(source)  # the input model stays as it is (ComfyUI may reuse it)
+        dit = full_finetune_copy(model)
         validate = run.validator(dit)
         result = train(dit, latents, run.config(mode="full"), state_dir=state_dir(output_name), callback=run.on_step,
                        validate=validate, validate_every=kw.get("validate_every", 0))
@@ -318,14 +339,8 @@ class WanFlowTrainFull:
             raise RuntimeError(f"training stopped: {result.stopped}. Fix the data or lower the learning rate; "
                                "the saved state resumes from the last good step.")
         run.final_validation(validate, result.steps_done)
-        dtype = SAVE_DTYPES[save_dtype]
-        path = confined_path(save_folder("diffusion_models"), output_name, ".safetensors")
-        weights = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
-                   for k, v in dit.state_dict().items()}
-        save_safetensors(weights, path, metadata={"wanflow.base_model": _model_name(model),
-                                                  "wanflow.variant": dit.config.variant,
-                                                  "wanflow.steps": str(result.steps_done)})
-        refresh_file_list("diffusion_models")
-        handle = ModelHandle(dit.to(dtype).eval(), name=str(path.name))  # as saved
+        handle, path = save_full_model(dit, output_name, save_dtype, {
+            "wanflow.base_model": _model_name(model), "wanflow.variant": dit.config.variant,
+            "wanflow.steps": str(result.steps_done)})
         images = run.validation_images()
         return {"ui": {"text": [str(path)]}, "result": (handle, str(path), loss_image(result.losses), images)}

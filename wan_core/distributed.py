@@ -78,15 +78,21 @@ def wrap_for_training(model, network, config):
 
 
 def sync_gradients(trainer) -> None:
-    """Average the LoRA adapters' gradients over ranks (FSDP already does it for a full fine-tune).
+    """Average the LoRA adapters' gradients over ranks (FSDP already does it for a full fine-tune)."""
+    if trainer.network is None:
+        return
+    average_gradients([p for _, p in trainer.named_params])
+
+
+def average_gradients(params) -> None:
+    """Average the gradients of replicated parameters over ranks, in place (no-op on one rank).
 
     One all-reduce over all gradients flattened together. A parameter without a gradient counts as
     zero, so every rank sends the same layout.
     """
     _, size = world()
-    if size == 1 or trainer.network is None:
+    if size == 1:
         return
-    params = [p for _, p in trainer.named_params]
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)

@@ -123,8 +123,7 @@ class ColourReward(RewardModel):
         mean = x.mean(dim=(2, 3))
         chroma = mean - mean.mean(dim=1, keepdim=True)
         hue = chroma / (chroma.square().sum(1, keepdim=True) + self.GREY ** 2).sqrt()
-        saturation = x.std(dim=1).mean(dim=(1, 2)) / self.SATURATION_SCALE
-        return torch.cat([hue, saturation[:, None]], dim=1)
+        return torch.cat([hue, saturation(x)[:, None] / self.SATURATION_SCALE], dim=1)
 
     def text_features(self, texts: Sequence[str]) -> torch.Tensor:
         return torch.stack([self._text(t) for t in texts]).to(self.anchor.device)

@@ -40,8 +40,9 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .distributed import world
+from .distributed import average_gradients, world
 from .generation import Conditioning, generate
+from .reward import saturation
 from .sampling import official_timestep
 
 # the official SRPO's control words (realism vs. "CG / oily" look), cycled by step
@@ -215,9 +216,9 @@ def decode_for_reward(vae, latent: torch.Tensor, *, tile: tuple | None = None, c
         if tile is None:
             video = vae.decode_untiled(raw)
         else:
-            from .vae_tiling import _run_tiles
+            from .vae_tiling import tiled_decode
 
-            video = _run_tiles(lambda piece, *_: vae.decode_untiled(piece), raw, tile, 1, vae.config.stride[1], 1)
+            video = tiled_decode(vae, raw, tile)
     finally:
         if decoder is not None:
             decoder.gradient_checkpointing = was
@@ -278,8 +279,8 @@ class Rollout:
     def sample(self, prompt: Prompt, noise: torch.Tensor, config: SRPOConfig) -> torch.Tensor:
         device = next(self.model.parameters()).device
         text_len = self.model.config.text_len
-        cond = Conditioning(_pad_rows(prompt.context, text_len)[None].to(device),
-                            None if self.negative is None else _pad_rows(self.negative, text_len)[None].to(device))
+        cond = Conditioning(_padded([prompt.context], text_len).to(device),
+                            None if self.negative is None else _padded([self.negative], text_len).to(device))
         common = dict(steps=config.rollout_steps, shift=config.rollout_shift, solver="euler")
         if self.high_noise_model is not None:
             return generate(self.high_noise_model, noise, cond, guide_scale=config.guidance_high,
@@ -288,11 +289,12 @@ class Rollout:
         return generate(self.model, noise, cond, guide_scale=config.guidance, **common)
 
 
-def _pad_rows(context: torch.Tensor, rows: int) -> torch.Tensor:
-    """[L, D] text embedding zero-padded (or cut) to the model's text length, so a prompt and the
-    negative prompt batch together for CFG."""
-    context = context[:rows].float()
-    return F.pad(context, (0, 0, 0, rows - context.shape[0]))
+def _padded(contexts, rows: int) -> torch.Tensor:
+    """[L, D] text embeddings cut to the model's text length and zero-padded to it: [N, rows, D]
+    (a prompt and the negative prompt then batch together for CFG)."""
+    from .text_encoder import pad_context
+
+    return pad_context([c[:rows].float() for c in contexts], rows)
 
 
 def channel_stats(latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -301,24 +303,18 @@ def channel_stats(latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return flat.mean(1), flat.std(1)
 
 
-def saturation(images: torch.Tensor) -> float:
-    """Mean per-pixel spread (std over R, G, B) of images in [0, 1]."""
-    return float(images.float().std(dim=1).mean())
-
-
 FM_SIGMAS = (0.2, 0.4, 0.6, 0.8)  # where the held-out flow-matching loss is measured
 
 
 def heldout_fm_loss(model, latents: torch.Tensor, contexts: torch.Tensor, noise: torch.Tensor) -> float:
-    """Mean flow-matching MSE of the model on fixed latents, noise and σ (no gradient)."""
-    total = 0.0
+    """Mean flow-matching loss of the model on fixed latents, noise and σ (no gradient)."""
+    from .training import flow_matching_loss
+
     with torch.no_grad():
-        for sigma in FM_SIGMAS:
-            x = renoise(latents, noise, sigma)
-            t = torch.full((latents.shape[0],), sigma * 1000, device=latents.device)
-            v = model(x, t, contexts)
-            total += float(F.mse_loss(v.float(), (noise - latents).float()))
-    return total / len(FM_SIGMAS)
+        losses = [float(flow_matching_loss(model, latents, contexts, torch.full((latents.shape[0],), sigma,
+                                                                              device=latents.device), noise))
+                  for sigma in FM_SIGMAS]
+    return sum(losses) / len(losses)
 
 
 @dataclass
@@ -349,11 +345,9 @@ class HeldOut:
         self.baseline = None
 
     def _contexts(self, n: int, device) -> torch.Tensor:
-        from .training import collate  # pads the embeddings to the model's text length
-
-        items = [{"latent": torch.zeros(1), "context": p.context} for p in self.prompts]
-        ctx = collate(items, self.rollout.model.config.text_len, device)["context"]
-        return ctx.repeat((n + len(items) - 1) // len(items), 1, 1)[:n]
+        """The held-out prompts' embeddings for n held-out latents (cycled when n is larger)."""
+        ctx = _padded([p.context for p in self.prompts], self.rollout.model.config.text_len).to(device)
+        return ctx.repeat((n + len(self.prompts) - 1) // len(self.prompts), 1, 1)[:n]
 
     @torch.no_grad()
     def measure(self) -> dict:
@@ -368,7 +362,7 @@ class HeldOut:
         fm_noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(self.config.seed + 104729))
         fm = heldout_fm_loss(self.rollout.model, latents, self._contexts(latents.shape[0], device), fm_noise.to(device))
         mean, std = channel_stats(x0)
-        return {"reward": reward, "saturation": saturation(images), "mean": mean.cpu(), "std": std.cpu(), "fm": fm,
+        return {"reward": reward, "saturation": float(saturation(images).mean()), "mean": mean.cpu(), "std": std.cpu(), "fm": fm,
                 "images": images.cpu()}
 
     def evaluate(self, step: int) -> tuple[Evaluation, torch.Tensor]:
@@ -406,7 +400,7 @@ class SRPOTrainer:
 
     def __init__(self, rollout: Rollout, reward, prompts: Sequence[Prompt], config: SRPOConfig,
                  heldout: HeldOut, decode_tile: tuple | None = None):
-        from .training import make_trainable
+        from .training import attach_trainable, make_trainable
 
         if not prompts:
             raise ValueError("SRPO needs at least one training prompt")
@@ -419,22 +413,11 @@ class SRPOTrainer:
         rollout.vae.requires_grad_(False)
         # ComfyUI loads under inference_mode: the VAE and reward are frozen but autograd must save
         # their tensors for the backward to the pixels, so they need normal tensors too
-        for module in (rollout.vae, self.reward, model):
+        for module in (rollout.vae, self.reward):
             make_trainable(module)
-        model.requires_grad_(False)
-        if config.mode == "lora":
-            from .lora import add_lora
-
-            self.network = add_lora(model, rank=config.lora_rank, alpha=config.lora_alpha,
-                                    targets=config.lora_targets, seed=config.seed).to(self.device)
-            self.named_params = list(self.network.named_parameters())
-        else:
-            self.network = None
-            if any(p.dtype != torch.float32 for p in model.parameters()):
-                model.float()  # fp32 master weights; autocast computes in bf16
-            self.named_params = list(model.named_parameters())
-        for _, p in self.named_params:
-            p.requires_grad_(True)
+        self.network, self.named_params = attach_trainable(
+            model, config.mode, rank=config.lora_rank, alpha=config.lora_alpha, dropout=0.0,
+            targets=config.lora_targets, seed=config.seed)
         self.optimizer = torch.optim.AdamW([p for _, p in self.named_params], lr=config.learning_rate,
                                            betas=config.betas, weight_decay=config.weight_decay)
         self.window = SigmaWindow(config)
@@ -473,7 +456,7 @@ class SRPOTrainer:
         return F.relu(self.config.hinge - score).mean(), score.detach(), x_hat
 
     def train_step(self) -> tuple[float, float]:
-        config, model = self.config, self.rollout.model
+        config = self.config
         prompt = self.prompt_for(self.step)
         noise = torch.randn(self.rollout.latent_shape(config), generator=self.generator).to(self.device)
         plan = self.window.plan(self.window.draw(self.generator))
@@ -489,7 +472,7 @@ class SRPOTrainer:
             losses.append(float(loss.detach()))
             scores.append(float(score.mean()))
         params = [p for _, p in self.named_params]
-        _average_gradients(params, self.world)
+        average_gradients(params)  # ranks rolled out different prompts from the same ε
         if config.max_grad_norm > 0:
             norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
         else:
@@ -668,17 +651,6 @@ def train_srpo(rollout: Rollout, reward, prompts: Sequence[Prompt], heldout_prom
     result.steps_done = trainer.step
     result.seconds = time.perf_counter() - started
     return result
-
-
-def _average_gradients(params, world: int) -> None:
-    """Ranks roll out different prompts from the same ε: average their gradients (replicated weights)."""
-    if world == 1:
-        return
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-        torch.distributed.all_reduce(p.grad)
-        p.grad /= world
 
 
 def reward_curve_image(result: SRPOResult, *, width: int = 640, height: int = 480):

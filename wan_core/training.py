@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from .sampling import shift_sigma
 
@@ -272,6 +271,32 @@ def make_trainable(model: torch.nn.Module) -> None:
                 module._buffers[name] = b.clone()
 
 
+def attach_trainable(model, mode: str, *, rank: int, alpha: float, dropout: float, targets: str, seed: int,
+                     network=None) -> tuple:
+    """Make `model` ready for training (flow matching or SRPO): normal tensors instead of inference
+    ones, the base frozen, then a LoRA hooked on (mode "lora"; `network` if given, else a new one)
+    or every weight trainable in fp32 (mode "full": master weights, autocast picks the compute
+    dtype). -> (the LoRANetwork or None, [(name, trainable parameter)])."""
+    make_trainable(model)
+    model.requires_grad_(False)
+    if mode == "lora":
+        if network is None:
+            from .lora import add_lora  # local import: lora is only needed in LoRA mode
+
+            network = add_lora(model, rank=rank, alpha=alpha, dropout=dropout, targets=targets, seed=seed)
+        network = network.to(next(model.parameters()).device)
+        named = list(network.named_parameters())
+    else:
+        network = None
+        if any(p.dtype != torch.float32 for p in model.parameters()):
+            model.float()  # fp32 master weights; autocast computes in bf16
+            model.compute_dtype_override = None
+        named = list(model.named_parameters())
+    for _, p in named:
+        p.requires_grad_(True)
+    return network, named
+
+
 class Trainer:
     """One training run's state: the trainable parameters, optimizer, EMA, RNG and data position.
 
@@ -285,26 +310,12 @@ class Trainer:
         if config.first_frame_clean and getattr(model.config, "model_type", "") != "ti2v":
             raise ValueError("first_frame_clean is for Wan2.2 TI2V-5B image-to-video training; this model is "
                              f"{getattr(model.config, 'variant', '') or model.config.model_type}")
-        make_trainable(model)
-        model.requires_grad_(False)
         model.gradient_checkpointing = config.gradient_checkpointing
-        if config.mode == "lora":
-            if network is None:
-                from .lora import add_lora  # local import: lora is only needed in LoRA mode
-
-                network = add_lora(model, rank=config.lora_rank, alpha=config.lora_alpha,
-                                   dropout=config.lora_dropout, targets=config.lora_targets, seed=config.seed)
-            self.network = network.to(self.device)
+        self.network, self.named_params = attach_trainable(
+            model, config.mode, rank=config.lora_rank, alpha=config.lora_alpha, dropout=config.lora_dropout,
+            targets=config.lora_targets, seed=config.seed, network=network)
+        if self.network is not None:
             self.network.train()
-            self.named_params = [(n, p) for n, p in self.network.named_parameters()]
-        else:
-            self.network = None
-            if any(p.dtype != torch.float32 for p in model.parameters()):
-                model.float()  # fp32 master weights; autocast computes in bf16
-                model.compute_dtype_override = None
-            self.named_params = list(model.named_parameters())
-        for _, p in self.named_params:
-            p.requires_grad_(True)
         # sharding (FSDP) replaces the model's parameters: wrap before taking them for the optimizer
         self.wrapped = _wrap_distributed(model, self.network, config) if self.world > 1 else model
         if self.network is None:
