@@ -25,9 +25,9 @@ from pathlib import Path
 
 import torch
 
-from wan_core.generation import Conditioning, generate, seeded_noise
-from wan_core.model import WanConfig, WanDiT
-from wan_core.tiny import randomize_
+from wan_core.generation.pipeline import Conditioning, generate, seeded_noise
+from wan_core.models.dit import WanConfig, WanDiT
+from wan_core.testing.dit import randomize_
 
 LATENT = (1, 16, 5, 30, 52)
 SMALL = dict(dim=512, num_heads=8, ffn_dim=2048, num_layers=4, text_dim=4096)

@@ -31,14 +31,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_train import held_bytes, mib, step_memory  # noqa: E402  (the same measurement as the LoRA benchmark)
 
-from wan_core.model import WanConfig, WanDiT  # noqa: E402
-from wan_core.reward_clip import CLIPReward, load_clip_tokenizer  # noqa: E402
-from wan_core.srpo import HeldOut, Prompt, Rollout, SRPOConfig, SRPOTrainer  # noqa: E402
-from wan_core.tiny import randomize_  # noqa: E402
-from wan_core.tiny_reward import tiny_bpe, write_tiny_clip_tokenizer  # noqa: E402
-from wan_core.tiny_vae import randomize_vae_  # noqa: E402
-from wan_core.training import TrainConfig, Trainer  # noqa: E402
-from wan_core.vae import VAEConfig, WanVAE  # noqa: E402
+from wan_core.models.dit import WanConfig, WanDiT  # noqa: E402
+from wan_core.models.vae import VAEConfig, WanVAE  # noqa: E402
+from wan_core.rewards.clip import CLIPReward, load_clip_tokenizer  # noqa: E402
+from wan_core.rewards.srpo import HeldOut, Prompt, Rollout, SRPOConfig, SRPOTrainer  # noqa: E402
+from wan_core.testing.dit import randomize_  # noqa: E402
+from wan_core.testing.reward import tiny_bpe, write_tiny_clip_tokenizer  # noqa: E402
+from wan_core.testing.vae import randomize_vae_  # noqa: E402
+from wan_core.training.flow_matching import TrainConfig, Trainer  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DIT = dict(dim=512, num_heads=4, ffn_dim=2048, num_layers=4, text_dim=4096, freq_dim=256, text_len=512,

@@ -50,9 +50,9 @@ from pathlib import Path
 
 import torch
 
-from wan_core.model import WanConfig, WanDiT
-from wan_core.tiny import randomize_
-from wan_core.training import Trainer, TrainConfig
+from wan_core.models.dit import WanConfig, WanDiT
+from wan_core.testing.dit import randomize_
+from wan_core.training.flow_matching import TrainConfig, Trainer
 
 PRESETS = {
     # a small DiT with the released head width (128); the other benches' latent (1950 tokens)
@@ -132,7 +132,7 @@ def build_reference(ours: WanDiT, rank: int, alpha: float, base_dtype, device):
     """diffusers' model with our weights and a peft LoRA on the same linears, in fp32 adapters."""
     from peft import LoraConfig
 
-    from wan_core.reference import diffusers_model
+    from wan_core.testing.diffusers_reference import diffusers_model
 
     state = {k: v.float().cpu() for k, v in ours.state_dict().items()}
     inner = diffusers_model(ours.config, state).to(device)
@@ -153,7 +153,7 @@ def build_reference(ours: WanDiT, rank: int, alpha: float, base_dtype, device):
 def copy_adapters(ours_net, ref_params: ParamsOnly) -> int:
     """Start peft's adapters from our adapters' values (lora_A = down, lora_B = up = 0): both runs then
     train the same function from the same point. Returns how many modules were matched."""
-    from wan_core.dit_checkpoint import diffusers_to_official_name
+    from wan_core.formats.dit import diffusers_to_official_name
 
     mine = {path: ours_net.adapter(path) for path in ours_net.targets}
     matched = set()

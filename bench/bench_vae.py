@@ -29,9 +29,9 @@ if "MALLOC_MMAP_THRESHOLD_" not in os.environ:  # make freed CPU tensors return 
 
 import torch  # noqa: E402
 
-from wan_core.reference import diffusers_vae  # noqa: E402
-from wan_core.tiny_vae import randomize_vae_  # noqa: E402
-from wan_core.vae import VAEConfig, WanVAE  # noqa: E402
+from wan_core.models.vae import VAEConfig, WanVAE  # noqa: E402
+from wan_core.testing.diffusers_reference import diffusers_vae  # noqa: E402
+from wan_core.testing.vae import randomize_vae_  # noqa: E402
 
 
 class PeakMemory:
@@ -122,7 +122,7 @@ def main():
             print(f"  diffusers {sec:8.2f} s  peak {peak / 2**20:9.1f} MiB", flush=True)
             del out
         budget = int(args.budget_fraction * min(p for _, p in runs["ours"]))
-        from wan_core.vae_tiling import choose_tile
+        from wan_core.models.vae_tiling import choose_tile
         tile = choose_tile(ours, latent.shape, budget, "decode")
         out, sec, peak = measure(lambda: ours.decode(latent, normalized=False, memory_budget=budget), device)
         outputs["ours_tiled"] = out.cpu()

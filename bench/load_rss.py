@@ -35,8 +35,8 @@ def write_checkpoint(path: str, layers: int, file_dtype: str, seed: int = 0):
     """Stream a random official-layout (ComfyUI-style for fp8_scaled) safetensors file to disk."""
     import torch
 
-    from wan_core.dit_export import comfyui_state_dict
-    from wan_core.model import WanConfig, WanDiT
+    from wan_core.formats.dit import comfyui_state_dict
+    from wan_core.models.dit import WanConfig, WanDiT
 
     cfg = WanConfig(dim=1536, num_heads=12, ffn_dim=8960, num_layers=layers)
     with torch.device("meta"):
@@ -78,7 +78,6 @@ def measure_load(path: str, kwargs: dict) -> dict:
     import threading
 
     import psutil
-    import torch
 
     import wan_core
 

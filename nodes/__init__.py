@@ -1,14 +1,19 @@
 """ComfyUI nodes of wan-flow: thin adapters over wan_core (no math here)."""
-from .loaders import (WanFlowLoadCLIPVision, WanFlowLoadDiffusionModel, WanFlowLoadTextEncoder, WanFlowLoadVAE,
-                      WanFlowModelInfo)
 from .dataset import WanFlowCacheLatents, WanFlowVideoDataset
 from .demo import WanFlowDemoDataset, WanFlowDemoModels
 from .image_to_video import WanFlowImageToVideo
+from .loaders import (
+                      WanFlowLoadCLIPVision,
+                      WanFlowLoadDiffusionModel,
+                      WanFlowLoadTextEncoder,
+                      WanFlowLoadVAE,
+                      WanFlowModelInfo,
+)
 from .lora import WanFlowLoadLoRA
 from .reward import WanFlowLoadRewardModel
-from .srpo import WanFlowSRPOTrain
 from .sampling import WanFlowEmptyLatent, WanFlowSampler
 from .save_video import WanFlowSaveVideo
+from .srpo import WanFlowSRPOTrain
 from .text import WanFlowTextEncode
 from .training import WanFlowTrainFull, WanFlowTrainLoRA
 from .video_vae import WanFlowVAEDecode, WanFlowVAEEncode

@@ -142,7 +142,7 @@ class ModelHandle:
         if self.patcher is not None:
             _comfy("comfy.model_management").load_models_gpu([self.patcher])
         if __package__ and self.role == "diffusion":
-            from ..wan_core.lora import set_applied_loras  # lazy: tests/e2e also loads this file standalone
+            from ..wan_core.lora.merge import set_applied_loras  # lazy: tests/e2e also loads this file standalone
             set_applied_loras(self.module, self.loras)  # a no-op while no handle of this module has LoRAs
         return self.module
 

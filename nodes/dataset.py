@@ -12,8 +12,8 @@ import os
 import re
 from pathlib import Path
 
-from ..wan_core.dataset import SHORT_VIDEO_POLICIES, MediaDataset, scan_media
-from ..wan_core.latent_cache import build_latent_cache
+from ..wan_core.training.dataset import SHORT_VIDEO_POLICIES, MediaDataset, scan_media
+from ..wan_core.training.latent_cache import build_latent_cache
 from .comfy_bridge import _comfy, free_memory_bytes, progress_callback
 from .save_video import fallback_output_dir
 

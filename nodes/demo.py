@@ -8,10 +8,10 @@ pack's usual Text Encode -> Empty Latent -> Sampler -> VAE Decode chain.
 """
 from __future__ import annotations
 
-from ..wan_core.demo import DEMO_MODEL, demo_model
-from ..wan_core.demo_codec import DemoCodec
-from ..wan_core.demo_data import TRAIN, held_out_prompts, make_dataset
-from ..wan_core.demo_text import DemoTextEncoder
+from ..wan_core.demo.codec import DemoCodec
+from ..wan_core.demo.data import TRAIN, held_out_prompts, make_dataset
+from ..wan_core.demo.run import DEMO_MODEL, demo_model
+from ..wan_core.demo.text import DemoTextEncoder
 from .comfy_bridge import ModelHandle
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..wan_core.conditioning import clip_features, first_frame_latent, image_condition, resize_image
+from ..wan_core.generation.conditioning import clip_features, first_frame_latent, image_condition, resize_image
 from .comfy_bridge import intermediate_device, progress_callback
 from .sampling import ClipVisionFeatures
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 
 from ..wan_core import load_clip_vision, load_dit, load_text_encoder, load_vae
-from ..wan_core.dit_checkpoint import resolve_dtype
-from ..wan_core.text_tokenizer import is_tokenizer_folder
+from ..wan_core.io.dtypes import resolve_dtype
+from ..wan_core.models.tokenizer import is_tokenizer_folder
 from .comfy_bridge import ModelHandle, folder_roots, list_model_files, model_file_path
 
 WEIGHT_DTYPES = {

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import torch
 
-from ..wan_core.lora import LoraReport, check_lora, parse_lora, to_comfy_state_dict
-from ..wan_core.model import WanDiT
+from ..wan_core.lora.keys import parse_lora, to_comfy_state_dict
+from ..wan_core.lora.merge import LoraReport, check_lora
+from ..wan_core.models.dit import WanDiT
 from .comfy_bridge import ModelHandle, _comfy, list_model_files, model_file_path
 from .models import MODEL_TYPES, dit_config
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ..wan_core.dit_checkpoint import detect_config
-from ..wan_core.model import WanDiT
+from ..wan_core.formats.dit import detect_config
+from ..wan_core.models.dit import WanDiT
 from .comfy_bridge import ModelHandle, _comfy
 
 MODEL_TYPES = "WANFLOW_MODEL,MODEL"  # a socket accepting both (ComfyUI matches comma-separated types)

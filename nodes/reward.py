@@ -6,10 +6,17 @@ from pathlib import Path
 
 import torch
 
-from ..wan_core.reward import ColourReward
-from ..wan_core.reward_clip import KIND_LABELS, find_clip_tokenizer, is_clip_tokenizer_folder, load_reward_model
-from .comfy_bridge import (MODEL_EXTENSIONS, comfy_resource, compute_device, folder_roots, list_model_files,
-                           model_file_path, register_model_category)
+from ..wan_core.rewards.base import ColourReward
+from ..wan_core.rewards.clip import KIND_LABELS, find_clip_tokenizer, is_clip_tokenizer_folder, load_reward_model
+from .comfy_bridge import (
+    MODEL_EXTENSIONS,
+    comfy_resource,
+    compute_device,
+    folder_roots,
+    list_model_files,
+    model_file_path,
+    register_model_category,
+)
 
 REWARD_CATEGORY = "reward_models"
 COLOUR_ENTRY = "colour (demo, no file)"

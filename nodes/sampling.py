@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import torch
 
-from ..wan_core.generation import Conditioning, generate, official_defaults, seeded_noise
-from ..wan_core.preview import latent_rgb_preview
-from ..wan_core.sampling import SOLVERS
-from ..wan_core.vae import denormalize_latent, normalize_latent
+from ..wan_core.generation.defaults import official_defaults
+from ..wan_core.generation.pipeline import Conditioning, generate, seeded_noise
+from ..wan_core.generation.preview import latent_rgb_preview
+from ..wan_core.models.vae import denormalize_latent, normalize_latent
+from ..wan_core.sampling.solvers import SOLVERS
 from .comfy_bridge import intermediate_device, progress_callback
 from .models import MODEL_TYPES, dit_config, load_dit
 

@@ -5,14 +5,21 @@ from __future__ import annotations
 
 import torch
 
-from ..wan_core.lora import save_lora
-from ..wan_core.prompts import default_negative_prompt
-from ..wan_core.srpo import NEGATIVE_WORDS, POSITIVE_WORDS, Prompt, Rollout, SRPOConfig, reward_curve_image, train_srpo
+from ..wan_core.generation.defaults import default_negative_prompt
+from ..wan_core.lora.adapters import save_lora
+from ..wan_core.rewards.srpo import (
+    NEGATIVE_WORDS,
+    POSITIVE_WORDS,
+    Prompt,
+    Rollout,
+    SRPOConfig,
+    reward_curve_image,
+    train_srpo,
+)
 from .comfy_bridge import confined_path, progress_callback, progress_text, refresh_file_list, save_folder
 from .lora import model_with_lora
 from .models import MODEL_TYPES, dit_config, load_dit
-from .training import (LORA_TARGETS, SAVE_DTYPES, _model_name, full_finetune_copy, pil_image, save_full_model,
-                       state_dir)
+from .training import LORA_TARGETS, SAVE_DTYPES, _model_name, full_finetune_copy, pil_image, save_full_model, state_dir
 
 
 def _lines(text: str) -> list[str]:

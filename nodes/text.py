@@ -1,8 +1,8 @@
 """Text encoding node: prompts -> ComfyUI CONDITIONING with Wan's UMT5 features."""
 from __future__ import annotations
 
-from ..wan_core.prompts import NEGATIVE_BY_VARIANT, default_negative_prompt
-from ..wan_core.text_encoder import pad_context
+from ..wan_core.generation.defaults import NEGATIVE_BY_VARIANT, default_negative_prompt
+from ..wan_core.models.text_encoder import pad_context
 from .comfy_bridge import intermediate_device
 
 

@@ -12,13 +12,20 @@ import copy
 import numpy as np
 import torch
 
-from ..wan_core.dit_export import save_safetensors
-from ..wan_core.generation import Conditioning, generate, seeded_noise
-from ..wan_core.lora import save_lora
-from ..wan_core.loss_plot import loss_curve_image
-from ..wan_core.training import LOSS_WEIGHTINGS, SIGMA_SAMPLINGS, TrainConfig, expert_sigma_ranges, train
-from .comfy_bridge import (ModelHandle, confined_path, output_root, progress_callback, progress_text,
-                           refresh_file_list, save_folder)
+from ..wan_core.generation.pipeline import Conditioning, generate, seeded_noise
+from ..wan_core.io.write import save_safetensors
+from ..wan_core.lora.adapters import save_lora
+from ..wan_core.training.flow_matching import LOSS_WEIGHTINGS, SIGMA_SAMPLINGS, TrainConfig, expert_sigma_ranges, train
+from ..wan_core.training.plots import loss_curve_image
+from .comfy_bridge import (
+    ModelHandle,
+    confined_path,
+    output_root,
+    progress_callback,
+    progress_text,
+    refresh_file_list,
+    save_folder,
+)
 from .lora import model_with_lora
 from .models import MODEL_TYPES, dit_config, load_dit
 from .sampling import read_conditioning, text_context

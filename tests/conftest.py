@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from wan_core.tiny import example_inputs, random_dit
+from wan_core.testing.dit import example_inputs, random_dit
 
 KINDS = ["t2v", "i2v", "flf2v", "ti2v", "i2v-2.2"]
 

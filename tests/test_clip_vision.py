@@ -9,12 +9,20 @@ import torch.nn.functional as F
 from transformers import CLIPVisionModel
 
 from wan_core import CheckpointError
-from wan_core.clip_vision import (CLIP_MEAN, CLIP_STD, detect_clip_config, load_clip_vision,
-                                  official_preprocess, vision_tower)
-from wan_core.dit_export import save_safetensors
-from wan_core.tiny import random_dit
-from wan_core.tiny_clip import (TINY_CLIP_OVERRIDES, comfy_state_dict, hf_state_dict, official_state_dict,
-                                random_clip_vision, save_comfy_safetensors, save_hf_folder, save_official_pth)
+from wan_core.formats.clip_vision import detect_clip_config, load_clip_vision
+from wan_core.io.write import save_safetensors
+from wan_core.models.clip_vision import CLIP_MEAN, CLIP_STD, official_preprocess, vision_tower
+from wan_core.testing.clip_vision import (
+    TINY_CLIP_OVERRIDES,
+    comfy_state_dict,
+    hf_state_dict,
+    official_state_dict,
+    random_clip_vision,
+    save_comfy_safetensors,
+    save_hf_folder,
+    save_official_pth,
+)
+from wan_core.testing.dit import random_dit
 
 HEADS, LAYERS, WIDTH, TOKENS = 4, 3, 64, 17  # tiny tower: image 56 / patch 14 -> 1 + 4*4 tokens
 

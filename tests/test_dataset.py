@@ -11,15 +11,26 @@ import pytest
 import torch
 from PIL import Image
 
-from wan_core.conditioning import clip_features, concat_y, image_condition
-from wan_core.dataset import (Bucket, DatasetError, MediaError, choose_bucket, fit_to_bucket, frame_indices,
-                              frames_available, longest_valid_frames, parse_buckets, read_video_frames, scan_media)
-from wan_core.latent_cache import CachedLatents, build_latent_cache, load_latent_cache, model_identity
-from wan_core.text_encoder import WanTextEncoder
-from wan_core.text_tokenizer import SentencePieceTokenizer
-from wan_core.tiny_clip import random_clip_vision
-from wan_core.tiny_text import random_umt5, tiny_spiece_model
-from wan_core.tiny_vae import random_vae
+from wan_core.generation.conditioning import clip_features, concat_y, image_condition
+from wan_core.models.text_encoder import WanTextEncoder
+from wan_core.models.tokenizer import SentencePieceTokenizer
+from wan_core.testing.clip_vision import random_clip_vision
+from wan_core.testing.text_encoder import random_umt5, tiny_spiece_model
+from wan_core.testing.vae import random_vae
+from wan_core.training.dataset import (
+    Bucket,
+    DatasetError,
+    MediaError,
+    choose_bucket,
+    fit_to_bucket,
+    frame_indices,
+    frames_available,
+    longest_valid_frames,
+    parse_buckets,
+    read_video_frames,
+    scan_media,
+)
+from wan_core.training.latent_cache import CachedLatents, build_latent_cache, load_latent_cache, model_identity
 
 LEVEL = 6  # frame i of a test video has grey level 6 * i in its top half
 BUCKETS = "48x32x5, 32x48x5, 32x32x1"

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from wan_core import demo_data as dd
-from wan_core.demo import QUICK, demo_model, run_demo
-from wan_core.demo_codec import GAIN, DemoCodec
-from wan_core.demo_text import END_OF_TEXT, DemoTextEncoder, word_vector, words_of
-from wan_core.loss_plot import loss_curve_image, moving_average
-from wan_core.vae import denormalize_latent, normalize_latent
+from wan_core.demo import data as dd
+from wan_core.demo.codec import GAIN, DemoCodec
+from wan_core.demo.run import QUICK, demo_model, run_demo
+from wan_core.demo.text import END_OF_TEXT, DemoTextEncoder, word_vector, words_of
+from wan_core.models.vae import denormalize_latent, normalize_latent
+from wan_core.training.plots import loss_curve_image, moving_average
 
 
 def block_constant_video(b=2, t=3, h=32, w=48, seed=0):

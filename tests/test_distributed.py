@@ -16,12 +16,12 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 from wan_core.__main__ import main as wan_core_main
-from wan_core.dit_checkpoint import load_dit
-from wan_core.dit_export import save_official, save_safetensors
-from wan_core.latent_cache import CacheEntry, write_index
-from wan_core.lora import parse_lora
-from wan_core.tiny import random_dit
-from wan_core.training import STATE_FILE, TrainConfig, Trainer, train
+from wan_core.formats.dit import load_dit, save_official
+from wan_core.io.write import save_safetensors
+from wan_core.lora.keys import parse_lora
+from wan_core.testing.dit import random_dit
+from wan_core.training.flow_matching import STATE_FILE, TrainConfig, Trainer, train
+from wan_core.training.latent_cache import CacheEntry, write_index
 
 LATENT = (16, 2, 4, 4)
 GLOBAL_BATCH = 2
@@ -67,7 +67,7 @@ def settings(mode: str, world: int, **kw) -> TrainConfig:
 
 def first_gradients(mode: str, world: int) -> dict:
     """The trainable parameters' full gradients for the first global batch, as the optimizer sees them."""
-    from wan_core.distributed import full_tensor, sync_gradients
+    from wan_core.training.distributed import full_tensor, sync_gradients
 
     model = small_model()
     trainer = Trainer(model, ToyLatents(), settings(mode, world))
@@ -79,7 +79,7 @@ def first_gradients(mode: str, world: int) -> dict:
 
 def run_scenarios(world: int, folder: Path) -> dict:
     """Every run the test compares, on this rank (world 1: in the test process)."""
-    from wan_core.distributed import full_model_state_dict
+    from wan_core.training.distributed import full_model_state_dict
 
     out = {"grads": {mode: first_gradients(mode, world) for mode in ("full", "lora")}}
     # full fine-tune with an EMA, stopped after 1 step and resumed to 3: sharded parameters and

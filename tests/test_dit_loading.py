@@ -3,11 +3,12 @@ import json
 
 import pytest
 import torch
-
 from conftest import run
+
 from wan_core import load_dit, load_dit_config
-from wan_core.dit_export import save_official, save_safetensors
-from wan_core.tiny import example_inputs, random_dit
+from wan_core.formats.dit import save_official
+from wan_core.io.write import save_safetensors
+from wan_core.testing.dit import example_inputs, random_dit
 
 
 @pytest.mark.parametrize("kind,model_type,variant", [

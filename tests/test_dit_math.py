@@ -2,10 +2,10 @@
 import math
 
 import torch
-
 from conftest import run
-from wan_core.model import WanConfig, WanDiT, rope_axis_pairs, rope_frequencies, sinusoidal_embedding
-from wan_core.tiny import example_inputs
+
+from wan_core.models.dit import WanConfig, WanDiT, rope_axis_pairs, rope_frequencies, sinusoidal_embedding
+from wan_core.testing.dit import example_inputs
 
 
 def test_sinusoid_values():
@@ -74,7 +74,7 @@ def test_velocity_depends_on_every_input(tiny_models):
 
 def test_rope_rotation_matches_complex128_reference():
     """Our real-arithmetic rotation equals the official complex128 multiply (fp32 mode: float64 math)."""
-    from wan_core.model import apply_rope, rope_tables
+    from wan_core.models.dit import apply_rope, rope_tables
 
     grid, head_dim = (3, 4, 6), 128
     x = torch.randn(2, 72, 2, head_dim) * 10

@@ -5,12 +5,13 @@ the official code - and ours - in float64).
 """
 import pytest
 import torch
-
 from conftest import KINDS, assert_close, run
+
 from wan_core import load_dit
-from wan_core.dit_export import comfyui_state_dict, dequantized_reference, save_official, save_pth, save_safetensors
-from wan_core.reference import diffusers_forward, diffusers_model
-from wan_core.tiny import example_inputs, random_dit, tiny_config
+from wan_core.formats.dit import comfyui_state_dict, save_official
+from wan_core.io.write import save_pth, save_safetensors
+from wan_core.testing.diffusers_reference import diffusers_forward, diffusers_model
+from wan_core.testing.dit import dequantized_reference, example_inputs, random_dit
 
 pytest.importorskip("diffusers")
 

@@ -2,11 +2,12 @@
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import KINDS, assert_close, run
+
 from wan_core import load_dit
-from wan_core.dit_export import comfyui_state_dict, save_official, save_safetensors
-from wan_core.tiny import example_inputs
+from wan_core.formats.dit import comfyui_state_dict, save_official
+from wan_core.io.write import save_safetensors
+from wan_core.testing.dit import example_inputs
 
 
 def cosine(a, b):

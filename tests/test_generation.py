@@ -3,14 +3,21 @@ experts), expert routing, CFG batching, image conditioning, TI2V first frame, pa
 import pytest
 import torch
 
-from wan_core.conditioning import (clip_features, concat_y, conditioning_video, first_frame_latent, frame_mask,
-                                   image_condition, resize_image)
-from wan_core.generation import (Conditioning, GuidedVelocity, official_defaults, generate, seeded_noise,
-                                 token_mask)
-from wan_core.reference import diffusers_model, diffusers_vae
-from wan_core.sampling import flow_sigmas, official_sigmas, official_timestep, sample
-from wan_core.tiny import random_dit, tiny_config
-from wan_core.tiny_vae import random_vae
+from wan_core.generation.conditioning import (
+    clip_features,
+    concat_y,
+    conditioning_video,
+    first_frame_latent,
+    frame_mask,
+    image_condition,
+    resize_image,
+)
+from wan_core.generation.defaults import official_defaults
+from wan_core.generation.pipeline import Conditioning, GuidedVelocity, generate, seeded_noise, token_mask
+from wan_core.sampling.solvers import flow_sigmas, official_sigmas, official_timestep, sample
+from wan_core.testing.diffusers_reference import diffusers_model, diffusers_vae
+from wan_core.testing.dit import random_dit, tiny_config
+from wan_core.testing.vae import random_vae
 
 SHAPE = (1, 16, 3, 8, 12)  # latent [B, C, T, h, w]
 

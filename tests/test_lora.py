@@ -6,14 +6,14 @@ import re
 
 import pytest
 import torch
+from conftest import assert_close, example_inputs, run
 from torch.utils.checkpoint import checkpoint
 
-from conftest import assert_close, example_inputs, run
-from wan_core.dit_checkpoint import quantize_fp8
-from wan_core.lora import (LORA_TARGET_PRESETS, ParsedLora, add_lora, apply_lora, applied_loras, check_lora,
-                           lora_deltas, parse_lora, read_lora_metadata, save_lora, set_applied_loras,
-                           to_comfy_state_dict)
-from wan_core.tiny import random_dit
+from wan_core.io.dtypes import quantize_fp8
+from wan_core.lora.adapters import LORA_TARGET_PRESETS, add_lora, read_lora_metadata, save_lora
+from wan_core.lora.keys import ParsedLora, parse_lora, to_comfy_state_dict
+from wan_core.lora.merge import applied_loras, apply_lora, check_lora, lora_deltas, set_applied_loras
+from wan_core.testing.dit import random_dit
 
 BLOCK_LINEARS = ["self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o", "cross_attn.q", "cross_attn.k",
                  "cross_attn.v", "cross_attn.o", "cross_attn.k_img", "cross_attn.v_img", "ffn.0", "ffn.2"]

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from wan_core.dit_export import comfyui_state_dict, save_safetensors
+from wan_core.formats.dit import comfyui_state_dict
+from wan_core.io.write import save_safetensors
 
 PACK_DIR = Path(__file__).resolve().parents[1]
 

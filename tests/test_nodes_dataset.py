@@ -4,14 +4,14 @@ import importlib
 
 import pytest
 import torch
-
 from test_dataset import caption, write_image, write_video
 from test_nodes import import_pack
-from wan_core.text_encoder import WanTextEncoder
-from wan_core.text_tokenizer import SentencePieceTokenizer
-from wan_core.tiny_clip import random_clip_vision
-from wan_core.tiny_text import random_umt5, tiny_spiece_model
-from wan_core.tiny_vae import random_vae
+
+from wan_core.models.text_encoder import WanTextEncoder
+from wan_core.models.tokenizer import SentencePieceTokenizer
+from wan_core.testing.clip_vision import random_clip_vision
+from wan_core.testing.text_encoder import random_umt5, tiny_spiece_model
+from wan_core.testing.vae import random_vae
 
 BUCKETS = "32x16x5, 16x32x5, 16x16x1"
 

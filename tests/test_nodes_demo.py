@@ -4,13 +4,13 @@ import importlib
 
 import pytest
 import torch
-
 from test_nodes import import_pack
-from wan_core import demo_data as dd
-from wan_core.generation import Conditioning, generate, seeded_noise
-from wan_core.text_encoder import pad_context
-from wan_core.tiny_vae import random_vae
-from wan_core.vae import denormalize_latent
+
+from wan_core.demo import data as dd
+from wan_core.generation.pipeline import Conditioning, generate, seeded_noise
+from wan_core.models.text_encoder import pad_context
+from wan_core.models.vae import denormalize_latent
+from wan_core.testing.vae import random_vae
 
 
 def pack_module(name):

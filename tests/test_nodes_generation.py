@@ -4,13 +4,13 @@ import importlib
 
 import pytest
 import torch
-
 from test_nodes import import_pack
-from wan_core.conditioning import concat_y, first_frame_latent, image_condition, resize_image
-from wan_core.generation import Conditioning, generate, seeded_noise
-from wan_core.tiny import random_dit
-from wan_core.tiny_vae import random_vae
-from wan_core.vae import denormalize_latent, normalize_latent
+
+from wan_core.generation.conditioning import concat_y, first_frame_latent, image_condition, resize_image
+from wan_core.generation.pipeline import Conditioning, generate, seeded_noise
+from wan_core.models.vae import denormalize_latent, normalize_latent
+from wan_core.testing.dit import random_dit
+from wan_core.testing.vae import random_vae
 
 
 def pack_module(name):

@@ -7,11 +7,12 @@ import types
 
 import pytest
 import torch
-
 from test_nodes import import_pack
-from wan_core.lora import add_lora, apply_lora, save_lora
-from wan_core.model import WanDiT
-from wan_core.tiny import random_dit, tiny_config
+
+from wan_core.lora.adapters import add_lora, save_lora
+from wan_core.lora.merge import apply_lora
+from wan_core.models.dit import WanDiT
+from wan_core.testing.dit import random_dit, tiny_config
 
 
 def pack_module(name):

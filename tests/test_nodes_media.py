@@ -2,14 +2,14 @@
 types at the edges (IMAGE [N,H,W,3] 0..1, raw LATENT [B,C,T,h,w], CONDITIONING), clear errors."""
 import pytest
 import torch
-
 from test_nodes import import_pack
+
 from wan_core import load_text_encoder
-from wan_core.dit_export import save_safetensors
-from wan_core.prompts import NEGATIVE_I2V
-from wan_core.tiny_clip import random_clip_vision, save_comfy_safetensors
-from wan_core.tiny_text import random_umt5, save_comfyui_file, save_tokenizer_folder, tiny_spiece_model
-from wan_core.tiny_vae import random_vae
+from wan_core.generation.defaults import NEGATIVE_I2V
+from wan_core.io.write import save_safetensors
+from wan_core.testing.clip_vision import random_clip_vision, save_comfy_safetensors
+from wan_core.testing.text_encoder import random_umt5, save_comfyui_file, save_tokenizer_folder, tiny_spiece_model
+from wan_core.testing.vae import random_vae
 
 
 @pytest.fixture()

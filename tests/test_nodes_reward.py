@@ -8,11 +8,15 @@ import types
 import pytest
 import torch
 from safetensors.torch import save_file
-
 from test_nodes import import_pack
-from wan_core.reward_clip import load_reward_model
-from wan_core.tiny_reward import random_clip_model, save_open_clip_checkpoint, write_tiny_clip_tokenizer, \
-    write_tiny_reward_models
+
+from wan_core.rewards.clip import load_reward_model
+from wan_core.testing.reward import (
+    random_clip_model,
+    save_open_clip_checkpoint,
+    write_tiny_clip_tokenizer,
+    write_tiny_reward_models,
+)
 
 TEXTS = ["a red square", "a blue dog"]
 

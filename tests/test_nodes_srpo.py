@@ -8,12 +8,12 @@ import importlib
 import pytest
 import torch
 from safetensors import safe_open
-
 from test_nodes import import_pack
-from wan_core.demo_codec import DemoCodec
-from wan_core.demo_text import DemoTextEncoder
-from wan_core.reward import ColourReward
-from wan_core.tiny import random_dit
+
+from wan_core.demo.codec import DemoCodec
+from wan_core.demo.text import DemoTextEncoder
+from wan_core.rewards.base import ColourReward
+from wan_core.testing.dit import random_dit
 
 
 def pack_module(name):
@@ -88,7 +88,7 @@ def test_srpo_node_runs_on_models_made_under_inference_mode(folders):
     """ComfyUI loads models and runs nodes under torch.inference_mode: the VAE the reward backpropagates
     through (a real Wan VAE here) and the DiT must still work, and the demo model's missing default
     negative prompt must not matter."""
-    from wan_core.tiny_vae import random_vae
+    from wan_core.testing.vae import random_vae
 
     with torch.inference_mode():
         args = inputs(vae=ModelHandle(random_vae("2.1", 0), name="tiny vae", role="vae"),

@@ -7,14 +7,13 @@ import importlib
 import pytest
 import torch
 from safetensors import safe_open
-
-
 from test_nodes import import_pack
 from test_training import ToyLatents
-from wan_core.dit_checkpoint import load_dit as load_dit_file
-from wan_core.lora import apply_lora
-from wan_core.tiny import random_dit
-from wan_core.tiny_vae import random_vae
+
+from wan_core.formats.dit import load_dit as load_dit_file
+from wan_core.lora.merge import apply_lora
+from wan_core.testing.dit import random_dit
+from wan_core.testing.vae import random_vae
 
 
 def pack_module(name):

@@ -4,8 +4,14 @@ import pytest
 import torch
 from PIL import Image
 
-from wan_core.preview import (WAN21_RGB_BIAS, WAN21_RGB_FACTORS, WAN22_RGB_BIAS, WAN22_RGB_FACTORS,
-                              latent_rgb_preview, rgb_projection)
+from wan_core.generation.preview import (
+    WAN21_RGB_BIAS,
+    WAN21_RGB_FACTORS,
+    WAN22_RGB_BIAS,
+    WAN22_RGB_FACTORS,
+    latent_rgb_preview,
+    rgb_projection,
+)
 
 
 def expected_pixels(latent, factors, bias):

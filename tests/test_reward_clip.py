@@ -11,11 +11,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wan_core.reward_clip import (CLIP_MEAN, CLIP_STD, CLIPReward, clip_resize_crop, load_clip_tokenizer,
-                                  load_reward_model)
-from wan_core.tensor_files import CheckpointError
-from wan_core.tiny_reward import (TINY_LOGIT_SCALE, random_clip_model, save_hf_clip_folder,
-                                  save_open_clip_checkpoint, tiny_bpe, write_tiny_clip_tokenizer)
+from wan_core.io.tensor_files import CheckpointError
+from wan_core.rewards.clip import (
+    CLIP_MEAN,
+    CLIP_STD,
+    CLIPReward,
+    clip_resize_crop,
+    load_clip_tokenizer,
+    load_reward_model,
+)
+from wan_core.testing.reward import (
+    TINY_LOGIT_SCALE,
+    random_clip_model,
+    save_hf_clip_folder,
+    save_open_clip_checkpoint,
+    tiny_bpe,
+    write_tiny_clip_tokenizer,
+)
 
 PROMPTS = ["a red square moving left", "A photo of a CAT,   high quality!!", "dog"]
 LONG = " ".join(["a beautiful detailed painting of a green dog"] * 12)  # > 77 tokens: truncated
@@ -208,7 +220,8 @@ def test_open_clip_vit_h_14_maps_onto_the_hps_architecture():
     CLIPModel of the right shape, with 16 heads of 80 in the vision tower."""
     open_clip = pytest.importorskip("open_clip", reason="open_clip is not installed (optional cross-check)")
     from transformers import CLIPModel
-    from wan_core.reward_clip import _mapped_shape, open_clip_config, open_clip_name_map
+
+    from wan_core.rewards.clip import _mapped_shape, open_clip_config, open_clip_name_map
 
     with torch.device("meta"):
         model = open_clip.model.CLIP(embed_dim=1024, vision_cfg=dict(image_size=224, layers=32, width=1280,
@@ -295,7 +308,7 @@ def test_gradients_reach_the_pixels(small):
 # --------------------------------------------------------------------------------------------
 
 def _tiny_in_memory(kind="clip"):
-    from wan_core.tiny_reward import tiny_clip_reward
+    from wan_core.testing.reward import tiny_clip_reward
     return tiny_clip_reward(kind, seed=0)
 
 

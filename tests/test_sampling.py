@@ -6,8 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from wan_core.sampling import (UNIPC_SIGMA_MAX, flow_sigmas, official_sigmas, official_timestep, sample,
-                               shift_sigma)
+from wan_core.sampling.solvers import (
+    UNIPC_SIGMA_MAX,
+    flow_sigmas,
+    official_sigmas,
+    official_timestep,
+    sample,
+    shift_sigma,
+)
 
 MU, STD = 0.3, 0.5  # data ~ N(MU, STD^2) per element
 

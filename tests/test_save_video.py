@@ -7,7 +7,6 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
-
 from test_nodes import import_pack
 
 # mean abs error (in 0..255 levels) of the read-back frames on the smooth moving gradient below. Measured with

@@ -1,7 +1,7 @@
 """The README's main job keeps working and keeps reporting honest figures."""
 import json
 
-from wan_core.selfcheck import KINDS, run_selfcheck
+from wan_core.testing.selfcheck import KINDS, run_selfcheck
 
 
 def test_selfcheck_passes_and_reports_every_layout(tmp_path, capsys):

@@ -7,15 +7,26 @@ import copy
 import pytest
 import torch
 
-from wan_core.demo_codec import DemoCodec
-from wan_core.demo_text import DemoTextEncoder
-from wan_core.reward import COLOURS, ColourReward
-from wan_core.srpo import (SRPOConfig, Prompt, Rollout, SigmaWindow, branch_score, control_texts, decode_for_reward,
-                           direct_align, renoise, reward_curve_image, train_srpo)
-from wan_core.tiny import random_dit
-from wan_core.tiny_vae import random_vae
-from wan_core.training import TrainConfig, train
-from wan_core.vae_tiling import tiled_decode
+from wan_core.demo.codec import DemoCodec
+from wan_core.demo.text import DemoTextEncoder
+from wan_core.models.vae_tiling import tiled_decode
+from wan_core.rewards.base import COLOURS, ColourReward
+from wan_core.rewards.srpo import (
+    Prompt,
+    Rollout,
+    SigmaWindow,
+    SRPOConfig,
+    branch_score,
+    control_texts,
+    decode_for_reward,
+    direct_align,
+    renoise,
+    reward_curve_image,
+    train_srpo,
+)
+from wan_core.testing.dit import random_dit
+from wan_core.testing.vae import random_vae
+from wan_core.training.flow_matching import TrainConfig, train
 
 TEXT = DemoTextEncoder(32)
 COLOUR_NAMES = ("red", "green", "blue", "yellow")

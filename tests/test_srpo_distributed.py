@@ -9,13 +9,13 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-
 from test_distributed import _free_port, wait
-from wan_core.demo_codec import DemoCodec
-from wan_core.demo_text import DemoTextEncoder
-from wan_core.reward import ColourReward
-from wan_core.srpo import Prompt, Rollout, SRPOConfig, SRPOTrainer, HeldOut
-from wan_core.tiny import random_dit
+
+from wan_core.demo.codec import DemoCodec
+from wan_core.demo.text import DemoTextEncoder
+from wan_core.rewards.base import ColourReward
+from wan_core.rewards.srpo import HeldOut, Prompt, Rollout, SRPOConfig, SRPOTrainer
+from wan_core.testing.dit import random_dit
 
 TEXTS = ("a red square", "a blue square")
 

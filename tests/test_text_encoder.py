@@ -8,12 +8,17 @@ import torch
 import torch.nn.functional as F
 
 from wan_core import CheckpointError
-from wan_core import tiny_text as tt
-from wan_core.dit_export import save_pth, save_safetensors
-from wan_core.text_encoder import (ScaledCastLinear, infer_umt5_config, load_text_encoder, official_to_hf_name,
-                                   pad_context, text_encoder_key_map)
-from wan_core.text_tokenizer import (HFTokenizer, SentencePieceTokenizer, TokenizerError, clean_prompt,
-                                     load_tokenizer)
+from wan_core.formats.text_encoder import (
+    infer_umt5_config,
+    load_text_encoder,
+    official_to_hf_name,
+    text_encoder_key_map,
+)
+from wan_core.io.write import save_pth, save_safetensors
+from wan_core.models.layers import ScaledCastLinear
+from wan_core.models.text_encoder import pad_context
+from wan_core.models.tokenizer import HFTokenizer, SentencePieceTokenizer, TokenizerError, clean_prompt, load_tokenizer
+from wan_core.testing import text_encoder as tt
 
 PROMPTS = [
     "A cat walks on the grass, realistic style.",

@@ -7,11 +7,21 @@ import math
 import pytest
 import torch
 
-from wan_core.sampling import shift_sigma
-from wan_core.tiny import random_dit
-from wan_core.training import (STATE_FILE, TrainConfig, diffsynth_weights, epoch_batches, expert_sigma_ranges,
-                               Trainer, flow_matching_loss, learning_rate_factor, load_state, sample_sigmas,
-                               train)
+from wan_core.sampling.solvers import shift_sigma
+from wan_core.testing.dit import random_dit
+from wan_core.training.flow_matching import (
+    STATE_FILE,
+    TrainConfig,
+    Trainer,
+    diffsynth_weights,
+    epoch_batches,
+    expert_sigma_ranges,
+    flow_matching_loss,
+    learning_rate_factor,
+    load_state,
+    sample_sigmas,
+    train,
+)
 
 LATENT = (16, 2, 4, 4)
 

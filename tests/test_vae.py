@@ -3,15 +3,15 @@
 import einops
 import pytest
 import torch
-
 from conftest import assert_close
+
 from wan_core import load_vae
-from wan_core.dit_export import save_pth, save_safetensors
-from wan_core.reference import diffusers_vae
-from wan_core.tiny import random_dit
-from wan_core.tiny_vae import random_vae
-from wan_core.vae import LATENT_MEAN, LATENT_STD, AvgDown3D, DupUp3D, patchify, unpatchify
-from wan_core.vae_tiling import _tiles, tile_starts
+from wan_core.io.write import save_pth, save_safetensors
+from wan_core.models.vae import LATENT_MEAN, LATENT_STD, AvgDown3D, DupUp3D, patchify, unpatchify
+from wan_core.models.vae_tiling import _tiles, tile_starts
+from wan_core.testing.diffusers_reference import diffusers_vae
+from wan_core.testing.dit import random_dit
+from wan_core.testing.vae import random_vae
 
 VERSIONS = ["2.1", "2.2"]
 
@@ -254,7 +254,7 @@ def test_loader_errors(tmp_path, vaes):
 @pytest.mark.parametrize("version,millions,tensors", [("2.1", 126.9, 194), ("2.2", 704.7, 196)])
 def test_released_architecture_sizes(version, millions, tensors):
     """The released widths give the spec's parameter and tensor counts (126.9 M / 194, 704.7 M / 196)."""
-    from wan_core.vae import VAEConfig, WanVAE
+    from wan_core.models.vae import VAEConfig, WanVAE
     with torch.device("meta"):
         vae = WanVAE(VAEConfig.released(version))
     assert round(sum(p.numel() for p in vae.parameters()) / 1e6, 1) == millions

@@ -9,7 +9,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from test_nodes import import_pack
 
 PACK_DIR = Path(__file__).resolve().parents[1]

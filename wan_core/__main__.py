@@ -17,22 +17,22 @@ def main(argv=None) -> int:
     demo.add_argument("--seed", type=int, default=0, help="seed of the data, the initial weights and the noise")
     demo.add_argument("--steps", type=int, default=None, help="training steps (default: the tuned value)")
     demo.add_argument("--quick", action="store_true", help="a smoke run in seconds (tiny model, accuracy ~0)")
-    from .train_cli import add_arguments as add_train_arguments
+    from .training.cli import add_arguments as add_train_arguments
 
     add_train_arguments(sub.add_parser("train", help="train a LoRA or a full fine-tune on a latent cache "
                                        "(torchrun for several GPUs)"))
     args = parser.parse_args(argv)
     if args.command == "selfcheck":
-        from .selfcheck import run_selfcheck
+        from .testing.selfcheck import run_selfcheck
 
         return run_selfcheck(args.out)
     if args.command == "demo":
-        from .demo import run_demo
+        from .demo.run import run_demo
 
         run_demo(args.out, seed=args.seed, steps=args.steps, quick=args.quick)
         return 0
     if args.command == "train":
-        from .train_cli import run as run_training
+        from .training.cli import run as run_training
 
         return run_training(args)
     return 2

@@ -22,12 +22,11 @@ import comfy.cli_args  # noqa: E402
 
 comfy.cli_args.args.cpu = True  # before comfy.model_management is imported (else it probes CUDA)
 
-import torch  # noqa: E402
-
 import comfy.model_detection  # noqa: E402
 import comfy.model_management  # noqa: E402
 import comfy.ops  # noqa: E402
 import comfy.utils  # noqa: E402
+import torch  # noqa: E402
 from comfy.ldm.wan.model import WanModel  # noqa: E402
 
 import wan_core  # noqa: E402

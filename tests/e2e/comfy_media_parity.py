@@ -22,14 +22,13 @@ import comfy.cli_args  # noqa: E402
 
 comfy.cli_args.args.cpu = True  # before comfy.model_management is imported
 
+import comfy.sd  # noqa: E402
+import comfy.utils  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-import comfy.sd  # noqa: E402
-import comfy.utils  # noqa: E402
-
 import wan_core  # noqa: E402
-from wan_core.clip_vision import official_preprocess  # noqa: E402
+from wan_core.models.clip_vision import official_preprocess  # noqa: E402
 
 assert wan_core.__file__.startswith(wan_core_parent), wan_core.__file__
 result = {"transformers": transformers.__version__}

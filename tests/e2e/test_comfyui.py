@@ -34,12 +34,13 @@ if not (Path(COMFYUI_DIR) / "main.py").is_file():
 
 import torch  # noqa: E402
 
-from wan_core.dit_export import comfyui_state_dict, save_safetensors  # noqa: E402
-from wan_core.tiny import random_dit  # noqa: E402
-from wan_core.tiny_clip import random_clip_vision, save_comfy_safetensors  # noqa: E402
-from wan_core.tiny_text import random_umt5, save_comfyui_file  # noqa: E402
-from wan_core.tiny_vae import random_vae, randomize_vae_  # noqa: E402
-from wan_core.vae import VAEConfig, WanVAE  # noqa: E402
+from wan_core.formats.dit import comfyui_state_dict
+from wan_core.io.write import save_safetensors  # noqa: E402
+from wan_core.models.vae import VAEConfig, WanVAE  # noqa: E402
+from wan_core.testing.clip_vision import random_clip_vision, save_comfy_safetensors  # noqa: E402
+from wan_core.testing.dit import random_dit  # noqa: E402
+from wan_core.testing.text_encoder import random_umt5, save_comfyui_file  # noqa: E402
+from wan_core.testing.vae import random_vae, randomize_vae_  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 TOOLS = Path(os.environ.get("WANFLOW_SHARED_TOOLS", REPO.parent / "shared" / "tools"))
@@ -131,7 +132,7 @@ def checkpoint(tmp_path_factory):
     PIL_Image().fromarray((example * torch.tensor([1.0, 0.6, 0.3]) * 255).byte().numpy()).save(base / "input" / "example.png")
     write_training_clips(base / "input" / "wanflow_dataset")
     # a LoRA for the tiny 1.3B (random non-zero up weights), under the name the LoRA workflow loads
-    from wan_core.lora import add_lora, save_lora
+    from wan_core.lora.adapters import add_lora, save_lora
     net = add_lora(model, rank=4, alpha=2.0, targets="attention+ffn", seed=1)
     with torch.no_grad():
         for name, p in net.named_parameters():
@@ -149,8 +150,8 @@ def write_tiny_hps(path: Path) -> None:
     falls back to ComfyUI's bundled comfy/sd1_tokenizer, as it does for the real file."""
     from transformers import CLIPModel
 
-    from wan_core.tiny import randomize_
-    from wan_core.tiny_reward import TINY_LOGIT_SCALE, save_open_clip_checkpoint, tiny_clip_config
+    from wan_core.testing.dit import randomize_
+    from wan_core.testing.reward import TINY_LOGIT_SCALE, save_open_clip_checkpoint, tiny_clip_config
 
     model = randomize_(CLIPModel(tiny_clip_config(vocab_size=CLIP_VOCAB)), 21, 0.05)
     with torch.no_grad():
@@ -421,9 +422,9 @@ def check_generation_outputs(prompt, outputs, save_nodes, video_nodes, base):
 def run_pack_graph(prompt: dict, base: Path) -> dict:
     """Execute the pack's nodes of an API prompt in this process (models from base/models); LoadImage
     reads base/input like ComfyUI; output nodes are skipped. Returns {node id: first output}."""
-    import numpy as np
-
     import tempfile
+
+    import numpy as np
 
     os.environ["WANFLOW_MODELS_DIR"] = str(base / "models")
     os.environ["WANFLOW_INPUT_DIR"] = str(base / "input")
