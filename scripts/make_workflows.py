@@ -557,8 +557,10 @@ def load_pack():
     """The pack's node classes, imported the way ComfyUI imports a custom-node folder. File dropdowns
     are listed from an empty folder, so the output does not depend on local model files."""
     for module in list(sys.modules.values()):
+        # a package only: pytest imports the pack's __init__.py as a lone module "__init__" (no nodes)
+        # when the checkout's folder name is no valid package name (e.g. "wan-flow")
         if getattr(module, "__file__", None) == str(PACK_DIR / "__init__.py") and \
-                hasattr(module, "NODE_CLASS_MAPPINGS"):
+                hasattr(module, "__path__") and hasattr(module, "NODE_CLASS_MAPPINGS"):
             return module
     os.environ.setdefault("WANFLOW_MODELS_DIR", tempfile.mkdtemp(prefix="wanflow-no-models-"))
     spec = importlib.util.spec_from_file_location("wanflow_pack_workflows", PACK_DIR / "__init__.py",
