@@ -19,12 +19,15 @@ import json
 import os
 import sys
 import tempfile
+import tomllib
 import uuid
 from pathlib import Path
 
 PACK_DIR = Path(__file__).resolve().parents[1]
 WORKFLOWS = PACK_DIR / "workflows"
-PACK_ID, PACK_VER = "wan-flow", "0.1.0"  # pyproject.toml [project] name / version
+with open(PACK_DIR / "pyproject.toml", "rb") as _f:
+    _project = tomllib.load(_f)["project"]
+PACK_ID, PACK_VER = _project["name"], _project["version"]  # cnr_id / ver of the pack's nodes
 CORE_VER = "0.3.64"
 FRONTEND_VERSION = "1.27.10"
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
