@@ -37,17 +37,24 @@ def about(g: Graph, models: tuple = (), size: tuple = (460, 520), **fields):
     g.note("note", 0, "About this workflow", note_text(g.name, models, **fields), size=size)
 
 
+KEEP_FILE_DTYPE = "keep file dtype (low memory)"  # fp8 files stay fp8, upcast one layer at a time
+
+
+def diffusion_model(g: Graph, key: str, file: dict, weight_dtype: str = "default", title: str | None = None):
+    """A WanFlow Load Diffusion Model node for `file` (a model_file entry) in the loaders' column."""
+    g.add(key, "WanFlowLoadDiffusionModel", 1, dict(model_name=file["name"], weight_dtype=weight_dtype,
+                                                    compute_dtype="auto"), models=[file], title=title)
+
+
 def t2v_wan21_13b() -> Graph:
     g = Graph("wanflow_t2v_wan21_1.3b", "Wan2.1 T2V 1.3B")
     about(g, (T2V_13B, UMT5, VAE21))
-    g.add("model", "WanFlowLoadDiffusionModel", 1, dict(model_name=T2V_13B["name"], weight_dtype="default",
-                                                       compute_dtype="auto"), models=[T2V_13B])
+    diffusion_model(g, "model", T2V_13B)
     text_encoder_and_vae(g, VAE21)
-    g.add("encode", "WanFlowTextEncode", 2, dict(
-        positive="A red fox trotting through fresh snow in a birch forest at sunrise, warm golden light "
-                 "between the white trunks, its breath steaming in the cold air, cinematic, shallow depth of "
-                 "field, tracking shot.",
-        negative="", variant="wan2.1 t2v (1.3B / 14B)"), links=dict(text_encoder=("text_encoder", "text_encoder")))
+    text_encode(g, "wan2.1 t2v (1.3B / 14B)",
+                "A red fox trotting through fresh snow in a birch forest at sunrise, warm golden light "
+                "between the white trunks, its breath steaming in the cold air, cinematic, shallow depth of "
+                "field, tracking shot.")
     g.add("latent", "WanFlowEmptyLatent", 2, dict(width=832, height=480, frames=81, batch_size=1),
           links=dict(model=("model", "model")))
     sampler(g, dict(seed=42, steps=30, solver="unipc", shift=8.0, cfg=6.0, denoise=1.0),
@@ -59,16 +66,14 @@ def t2v_wan21_13b() -> Graph:
 def i2v_wan21_14b() -> Graph:
     g = Graph("wanflow_i2v_wan21_14b", "Wan2.1 I2V 14B 480p")
     about(g, (I2V_14B, UMT5, VAE21, CLIP_H))
-    g.add("model", "WanFlowLoadDiffusionModel", 1, dict(model_name=I2V_14B["name"], weight_dtype="default",
-                                                       compute_dtype="auto"), models=[I2V_14B])
+    diffusion_model(g, "model", I2V_14B)
     text_encoder_and_vae(g, VAE21)
     g.add("clip_vision", "WanFlowLoadCLIPVision", 1, dict(clip_name=CLIP_H["name"], dtype="auto"), models=[CLIP_H])
     g.add("image", "LoadImage", 1, dict(image="example.png"), title="Start image", size=(420, 400))
-    g.add("encode", "WanFlowTextEncode", 2, dict(
-        positive="A cheerful hand-drawn girl with big blonde hair and a pink dress waves her arms and dances "
-                 "on a green hill under a bright blue sky, white clouds drifting slowly, crayon drawing style, "
-                 "gentle camera push-in.",
-        negative="", variant="wan2.1 i2v 14B"), links=dict(text_encoder=("text_encoder", "text_encoder")))
+    text_encode(g, "wan2.1 i2v 14B",
+                "A cheerful hand-drawn girl with big blonde hair and a pink dress waves her arms and dances "
+                "on a green hill under a bright blue sky, white clouds drifting slowly, crayon drawing style, "
+                "gentle camera push-in.")
     g.add("i2v", "WanFlowImageToVideo", 2, dict(width=832, height=480, frames=81, batch_size=1), links=dict(
         positive=("encode", "positive"), negative=("encode", "negative"), vae=("vae", "vae"),
         start_image=("image", "IMAGE"), clip_vision=("clip_vision", "clip_vision")))
@@ -81,15 +86,13 @@ def i2v_wan21_14b() -> Graph:
 def ti2v_wan22_5b() -> Graph:
     g = Graph("wanflow_ti2v_wan22_5b", "Wan2.2 TI2V 5B")
     about(g, (TI2V_5B, UMT5, VAE22))
-    g.add("model", "WanFlowLoadDiffusionModel", 1, dict(model_name=TI2V_5B["name"], weight_dtype="default",
-                                                       compute_dtype="auto"), models=[TI2V_5B])
+    diffusion_model(g, "model", TI2V_5B)
     text_encoder_and_vae(g, VAE22)
     g.add("image", "LoadImage", 1, dict(image="example.png"), title="Start image", size=(420, 400))
-    g.add("encode", "WanFlowTextEncode", 2, dict(
-        positive="A cheerful hand-drawn girl with big blonde hair and a pink dress spins around on a green hill "
-                 "under a bright blue sky, her hair bouncing, white clouds drifting past, crayon drawing style, "
-                 "smooth animation.",
-        negative="", variant="wan2.2 ti2v 5B"), links=dict(text_encoder=("text_encoder", "text_encoder")))
+    text_encode(g, "wan2.2 ti2v 5B",
+                "A cheerful hand-drawn girl with big blonde hair and a pink dress spins around on a green hill "
+                "under a bright blue sky, her hair bouncing, white clouds drifting past, crayon drawing style, "
+                "smooth animation.")
     g.add("i2v", "WanFlowImageToVideo", 2, dict(width=1280, height=704, frames=121, batch_size=1), links=dict(
         positive=("encode", "positive"), negative=("encode", "negative"), vae=("vae", "vae"),
         start_image=("image", "IMAGE")))
@@ -102,20 +105,13 @@ def ti2v_wan22_5b() -> Graph:
 def t2v_wan22_a14b() -> Graph:
     g = Graph("wanflow_t2v_wan22_a14b", "Wan2.2 T2V A14B")
     about(g, (T2V_A14B_HIGH, T2V_A14B_LOW, UMT5, VAE21))
-    g.add("model", "WanFlowLoadDiffusionModel", 1, dict(model_name=T2V_A14B_HIGH["name"],
-                                                       weight_dtype="keep file dtype (low memory)",
-                                                       compute_dtype="auto"),
-          models=[T2V_A14B_HIGH], title="High-noise expert")
-    g.add("model_low", "WanFlowLoadDiffusionModel", 1, dict(model_name=T2V_A14B_LOW["name"],
-                                                           weight_dtype="keep file dtype (low memory)",
-                                                           compute_dtype="auto"),
-          models=[T2V_A14B_LOW], title="Low-noise expert")
+    diffusion_model(g, "model", T2V_A14B_HIGH, weight_dtype=KEEP_FILE_DTYPE, title="High-noise expert")
+    diffusion_model(g, "model_low", T2V_A14B_LOW, weight_dtype=KEEP_FILE_DTYPE, title="Low-noise expert")
     text_encoder_and_vae(g, VAE21)
-    g.add("encode", "WanFlowTextEncode", 2, dict(
-        positive="A vintage red seaplane glides low over a turquoise lagoon at golden hour, its shadow racing "
-                 "across the water, palm-covered islands in the distance, aerial tracking shot, cinematic, "
-                 "highly detailed.",
-        negative="", variant="wan2.2 t2v A14B"), links=dict(text_encoder=("text_encoder", "text_encoder")))
+    text_encode(g, "wan2.2 t2v A14B",
+                "A vintage red seaplane glides low over a turquoise lagoon at golden hour, its shadow racing "
+                "across the water, palm-covered islands in the distance, aerial tracking shot, cinematic, "
+                "highly detailed.")
     g.add("latent", "WanFlowEmptyLatent", 2, dict(width=1280, height=720, frames=81, batch_size=1),
           links=dict(model=("model", "model")))
     sampler(g, dict(seed=42, steps=40, solver="unipc", shift=12.0, cfg=4.0, denoise=1.0, cfg_low_noise=3.0,
@@ -130,6 +126,12 @@ def text_encoder_and_vae(g: Graph, vae: dict):
         text_encoder_name=UMT5["name"], tokenizer="auto (embedded in the file or next to it)", device="default",
         weight_dtype="default"), models=[UMT5])
     g.add("vae", "WanFlowLoadVAE", 1, dict(vae_name=vae["name"], dtype="auto"), models=[vae])
+
+
+def text_encode(g: Graph, variant: str, positive: str):
+    """WanFlow Text Encode of `positive` (empty negative: the variant's official default)."""
+    g.add("encode", "WanFlowTextEncode", 2, dict(positive=positive, negative="", variant=variant),
+          links=dict(text_encoder=("text_encoder", "text_encoder")))
 
 
 def sampler(g: Graph, widgets: dict, positive, negative, latent, low=None):
@@ -152,6 +154,8 @@ def decode_and_save(g: Graph, fps: int, prefix: str, native: bool = False):
 
 
 LORA_NAME = "wanflow/my_wan21_1.3b_lora"
+# the training's validation prompt, and the prompt of the workflow that uses the LoRA
+LORA_PROMPT = "A paper-cut style fox walks through an autumn forest, layered paper leaves falling, soft light."
 TRAIN_DEFAULTS = dict(batch_size=1, grad_accum=1, sigma_sampling="shift", shift=5.0, precision="bf16",
                       gradient_checkpointing=True, seed=0, warmup_steps=0, ema_decay=0.0, loss_weighting="none",
                       first_frame_clean=False, save_every=0, **{"seed:control": "fixed"}, validate_every=0, validation_steps=20, validation_cfg=1.0)
@@ -160,16 +164,13 @@ TRAIN_DEFAULTS = dict(batch_size=1, grad_accum=1, sigma_sampling="shift", shift=
 def train_lora_wan21_13b() -> Graph:
     g = Graph("wanflow_train_lora_wan21_1.3b", "Train a Wan2.1 T2V 1.3B LoRA")
     about(g, (T2V_13B, UMT5, VAE21), lora_name=LORA_NAME)
-    g.add("model", "WanFlowLoadDiffusionModel", 1, dict(model_name=T2V_13B["name"], weight_dtype="default",
-                                                       compute_dtype="auto"), models=[T2V_13B])
+    diffusion_model(g, "model", T2V_13B)
     text_encoder_and_vae(g, VAE21)
     g.add("dataset", "WanFlowVideoDataset", 1, dict(folder="wanflow_dataset", buckets="480x480x33, 832x480x33",
                                                    fps=16.0, repeats=1, default_caption="", short_videos="shorten"))
     g.add("cache", "WanFlowCacheLatents", 2, dict(image_conditioning=False), links=dict(
         dataset=("dataset", "dataset"), vae=("vae", "vae"), text_encoder=("text_encoder", "text_encoder")))
-    g.add("encode", "WanFlowTextEncode", 2, dict(
-        positive="A paper-cut style fox walks through an autumn forest, layered paper leaves falling, soft light.",
-        negative="", variant="wan2.1 t2v (1.3B / 14B)"), links=dict(text_encoder=("text_encoder", "text_encoder")))
+    text_encode(g, "wan2.1 t2v (1.3B / 14B)", LORA_PROMPT)
     g.add("train", "WanFlowTrainLoRA", 3, dict(
         TRAIN_DEFAULTS, output_name=LORA_NAME, steps=1000, learning_rate=1e-4, rank=32, alpha=32.0,
         targets="attention+ffn", boundary=0.875, dropout=0.0, validate_every=250, validation_cfg=5.0), links=dict(
@@ -195,14 +196,11 @@ def train_lora_wan21_13b() -> Graph:
 def t2v_wan21_13b_lora() -> Graph:
     g = Graph("wanflow_t2v_wan21_1.3b_lora", "Wan2.1 T2V 1.3B with a LoRA")
     about(g, (T2V_13B, UMT5, VAE21))
-    g.add("base_model", "WanFlowLoadDiffusionModel", 1, dict(model_name=T2V_13B["name"], weight_dtype="default",
-                                                            compute_dtype="auto"), models=[T2V_13B])
+    diffusion_model(g, "base_model", T2V_13B)
     g.add("model", "WanFlowLoadLoRA", 1, dict(lora_name=LORA_NAME + ".safetensors", strength_model=1.0),
           links=dict(model=("base_model", "model")))
     text_encoder_and_vae(g, VAE21)
-    g.add("encode", "WanFlowTextEncode", 2, dict(
-        positive="A paper-cut style fox walks through an autumn forest, layered paper leaves falling, soft light.",
-        negative="", variant="wan2.1 t2v (1.3B / 14B)"), links=dict(text_encoder=("text_encoder", "text_encoder")))
+    text_encode(g, "wan2.1 t2v (1.3B / 14B)", LORA_PROMPT)
     g.add("latent", "WanFlowEmptyLatent", 2, dict(width=832, height=480, frames=81, batch_size=1),
           links=dict(model=("model", "model")))
     sampler(g, dict(seed=42, steps=30, solver="unipc", shift=8.0, cfg=6.0, denoise=1.0),
@@ -293,14 +291,9 @@ def srpo_wan22_a14b_low_noise() -> Graph:
     c = pack_module("wan_core.srpo").SRPOConfig()  # the node's defaults: the note quotes them
     about(g, (T2V_A14B_LOW, T2V_A14B_HIGH, UMT5, VAE21, HPS21), size=(520, 760), c=c,
           checkpointing=" with gradient checkpointing" if c.gradient_checkpointing else "")
-    g.add("model", "WanFlowLoadDiffusionModel", 1, dict(model_name=T2V_A14B_LOW["name"],
-                                                       weight_dtype="keep file dtype (low memory)",
-                                                       compute_dtype="auto"),
-          models=[T2V_A14B_LOW], title="Low-noise expert (trained)")
-    g.add("model_high", "WanFlowLoadDiffusionModel", 1, dict(model_name=T2V_A14B_HIGH["name"],
-                                                            weight_dtype="keep file dtype (low memory)",
-                                                            compute_dtype="auto"),
-          models=[T2V_A14B_HIGH], title="High-noise expert (rollout only)")
+    diffusion_model(g, "model", T2V_A14B_LOW, weight_dtype=KEEP_FILE_DTYPE, title="Low-noise expert (trained)")
+    diffusion_model(g, "model_high", T2V_A14B_HIGH, weight_dtype=KEEP_FILE_DTYPE,
+                    title="High-noise expert (rollout only)")
     text_encoder_and_vae(g, VAE21)
     g.add("reward", "WanFlowLoadRewardModel", 1, dict(reward=HPS21["name"], kind="HPS v2.1", dtype="fp32",
                                                      device="default"), models=[HPS21])

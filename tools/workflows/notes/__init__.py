@@ -23,8 +23,8 @@ def note_text(workflow: str, models: tuple | list = (), **fields) -> str:
     if models:
         fields["model_files"] = model_files_md(*models)
     template = (NOTES_DIR / f"{workflow}.md").read_text(encoding="utf-8")
-    return template.format(negative_prompt_tip=shared_text("negative_prompt_tip"), sampler_tip=shared_text("sampler_tip"),
-                           **fields)
+    return template.format(negative_prompt_tip=shared_text("negative_prompt_tip"),
+                           sampler_tip=shared_text("sampler_tip"), **fields)
 
 
 def model_files_md(*entries: dict) -> str:
