@@ -210,9 +210,9 @@ def t2v_wan21_13b_lora() -> Graph:
 
 
 def demo_train() -> Graph:
-    """The README demo in ComfyUI: its settings come from wan_core.demo, so the two stay the same."""
-    d = pack_module("wan_core.demo").DemoSettings()
-    held_out = pack_module("wan_core.demo_data").held_out_prompts()
+    """The README demo in ComfyUI: its settings come from wan_core.demo.run, so the two stay the same."""
+    d = pack_module("wan_core.demo.run").DemoSettings()
+    held_out = pack_module("wan_core.demo.data").held_out_prompts()
     g = Graph("wanflow_demo_train", "WanFlow demo: train a tiny Wan model from scratch (no downloads)")
     about(g)
     g.add("demo", "WanFlowDemoModels", 1, dict(seed=0, **{"seed:control": "fixed"}))
@@ -288,7 +288,7 @@ def srpo_demo() -> Graph:
 
 def srpo_wan22_a14b_low_noise() -> Graph:
     g = Graph("wanflow_srpo_wan22_a14b_low_noise", "SRPO reward fine-tuning of the Wan2.2 T2V A14B low-noise expert")
-    c = pack_module("wan_core.srpo").SRPOConfig()  # the node's defaults: the note quotes them
+    c = pack_module("wan_core.rewards.srpo").SRPOConfig()  # the node's defaults: the note quotes them
     about(g, (T2V_A14B_LOW, T2V_A14B_HIGH, UMT5, VAE21, HPS21), size=(520, 760), c=c,
           checkpointing=" with gradient checkpointing" if c.gradient_checkpointing else "")
     diffusion_model(g, "model", T2V_A14B_LOW, weight_dtype=KEEP_FILE_DTYPE, title="Low-noise expert (trained)")
