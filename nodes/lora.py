@@ -88,7 +88,7 @@ def _apply_native(model, config, parsed, strength: float):
     bases = {k.rsplit(".", 2)[0] if k.endswith(".weight") else k.rsplit(".", 1)[0] for k in state_dict}
     mapped = sorted(b for b in bases if b in key_map)
     report.notes.append(f"ComfyUI mapped {len(mapped)} of {len(bases)} LoRA target(s) onto the native model")
-    # deltas on parameters of non-leaf modules are mapped but skipped by ComfyUI's ModelPatcher (spec §10)
+    # deltas on parameters of non-leaf modules are mapped but skipped by ComfyUI's ModelPatcher (docs/formats.md §10)
     skipped = [b for b in mapped if b.endswith((".modulation", ".emb_pos"))]
     if skipped:
         report.warnings.append(f"ComfyUI does not apply the {len(skipped)} delta(s) on modulation / emb_pos "

@@ -1,4 +1,4 @@
-"""Closed-form values from the spec (§9.3) and structural facts of the official model."""
+"""Closed-form values from docs/architecture.md §15 and structural facts of the official model."""
 import math
 
 import torch
@@ -36,7 +36,7 @@ def test_rope_split_and_frequencies():
 
 
 def test_parameter_and_tensor_counts_of_releases():
-    """Per spec §1: e.g. 2.1 T2V-1.3B has 1.419 B params in 825 tensors (meta device: no memory)."""
+    """Per docs/architecture.md §1: e.g. 2.1 T2V-1.3B has 1.419 B params in 825 tensors (meta device: no memory)."""
     releases = {
         (1536, 8960, 12, 30, 16, 16, False, 0): (1.419e9, 825),
         (5120, 13824, 40, 40, 16, 16, False, 0): (14.288e9, 1095),

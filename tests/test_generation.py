@@ -107,7 +107,7 @@ def test_expert_routing_by_timestep(solver):
     t_low = [float(c[0][0]) for c in low.calls]
     assert min(t_high) >= 875 and max(t_low) < 875
     assert all(c[1] == 2 for c in high.calls + low.calls)  # cond and uncond batched
-    if solver == "unipc":  # spec §7.3: 26 high-noise steps of 40 at shift 12
+    if solver == "unipc":  # docs/sampling.md §2: 26 high-noise steps of 40 at shift 12
         assert len(t_high) == 26 and len(t_low) == 14
     if solver == "heun":  # Heun evaluates twice per step (not at sigma 0): 79 in all
         assert len(t_high) + len(t_low) == 79

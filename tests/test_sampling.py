@@ -52,7 +52,7 @@ def test_shift_and_grids():
     assert torch.allclose(shift_sigma(s, 3.0), torch.tensor([0.0, 0.5, 0.75, 1.0], dtype=torch.float64))
     grid = flow_sigmas(4, 1.0)
     assert grid.tolist() == [1.0, 0.75, 0.5, 0.25, 0.0]
-    # official UniPC values (spec §7.3): first timesteps and last non-zero sigma
+    # official UniPC values (docs/sampling.md §2): first timesteps and last non-zero sigma
     for (n, shift), first, last in [((50, 5.0), [999, 995, 991, 987], (0.092507, 92)),
                                     ((50, 3.0), [999, 992, 985, 978], (0.057637, 57)),
                                     ((40, 5.0), [999, 994, 989, 983], (0.113533, 113)),
@@ -93,7 +93,7 @@ def diffusers_unipc(sigmas, steps, shift):
     sched = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=shift,
                                     solver_order=2, solver_type="bh2", lower_order_final=True)
     sched.set_timesteps(steps)
-    if sigmas is not None:  # the official grid (diffusers' own differs slightly, spec §7.3)
+    if sigmas is not None:  # the official grid (diffusers' own differs slightly, docs/sampling.md §2)
         sched.sigmas = sigmas.float()
         sched.timesteps = torch.tensor([official_timestep(float(s)) for s in sigmas[:-1]])
     return sched

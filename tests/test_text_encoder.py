@@ -128,7 +128,7 @@ def test_official_key_table_covers_the_hf_model(hf_state):
 
 
 def test_umt5_xxl_config_from_release_shapes():
-    """The released encoder's shapes (spec §5.1/§5.2, official names) give its config and 5.7 B parameters."""
+    """The released encoder's shapes (docs/architecture.md §13, docs/formats.md §8; official names) give its config and 5.7 B parameters."""
     from transformers import UMT5EncoderModel
 
     d, ff = 4096, 10240
@@ -152,7 +152,7 @@ def test_umt5_xxl_config_from_release_shapes():
 
 
 def official_forward(sd: dict, ids, mask, heads: int, eps=1e-6, buckets=32, max_distance=128):
-    """The official T5 encoder written from spec §5.1 with official names: no attention scaling,
+    """The official T5 encoder written from docs/architecture.md §13 with official names: no attention scaling,
     a per-layer bidirectional bucketed position bias, FFN = fc2(fc1(x) * gelu_tanh(gate(x)))."""
     x = sd["token_embedding.weight"][ids]
     B, L, _ = x.shape

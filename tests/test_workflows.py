@@ -2,7 +2,7 @@
 
 For every UI-format workflow in workflows/*.json (what ComfyUI lists under Templates) this checks
 node types, widget values against INPUT_TYPES, link consistency, and that its API-format twin in
-workflows/api/ is exactly the UI graph converted the way the frontend does it (comfyui.md §11.3).
+workflows/api/ is exactly the UI graph converted the way the frontend does it (docs/comfyui.md §10).
 """
 import importlib.util
 import json

@@ -4,7 +4,7 @@ the two can never drift apart.
 
 Input sockets, widget order and the UI-only widget values (control_after_generate after a seed, the
 upload button of LoadImage) follow the node definitions: the pack's own INPUT_TYPES and, for the
-ComfyUI core nodes used, CORE_NODES below (ComfyUI 0.3.64, frontend 1.27.10, comfyui.md §11).
+ComfyUI core nodes used, CORE_NODES below (ComfyUI 0.3.64, frontend 1.27.10, docs/comfyui.md §8–§10).
 tests/test_workflows.py checks every output against the nodes and the UI->API conversion.
 """
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""TODO docstring (formats.clip_vision)."""
+"""Loading CLIP vision (ViT-H/14) from the files users have (docs/formats.md §9): the official open-clip
+`.pth` (fused qkv split, squeezed embeddings), ComfyUI `clip_vision_h.safetensors` (HF names), HF
+folders. The config is inferred from shapes (config.json or metadata win), the tower is built on the
+meta device and filled one tensor at a time."""
 from __future__ import annotations
 
 import math

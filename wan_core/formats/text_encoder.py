@@ -1,4 +1,8 @@
-"""TODO docstring (formats.text_encoder)."""
+"""Loading the UMT5-XXL text encoder from the files users have (docs/formats.md §8): the official
+`.pth` (official names, weights-only), ComfyUI single files (HF names, 16-bit or fp8 / scaled fp8, an
+embedded `spiece_model`), HF / diffusers folders. The `UMT5Config` is inferred from the shapes, the
+model is built on the meta device and filled one tensor at a time (fp8 dequantized exactly), and the
+tokenizer is found next to the weights or inside them."""
 from __future__ import annotations
 
 import math
@@ -25,7 +29,7 @@ PREFIXES = ("umt5xxl.transformer.", "text_encoder.", "transformer.", "model.", "
 MARKERS = ("scaled_fp8", "spiece_model")
 
 
-# Official wan/modules/t5.py names -> HF UMT5EncoderModel names (spec §5.2).
+# Official wan/modules/t5.py names -> HF UMT5EncoderModel names (docs/formats.md §8).
 _OFFICIAL_TO_HF = [(re.compile(p), r) for p, r in [
     (r"^token_embedding\.weight$", "shared.weight"),
     (r"^norm\.weight$", "encoder.final_layer_norm.weight"),

@@ -1,4 +1,4 @@
-"""Image conditioning for image-to-video (../shared/spec/wan.md §6).
+"""Image conditioning for image-to-video (docs/conventions.md §10–§12).
 
   * Wan2.1 I2V / FLF2V and Wan2.2 I2V-A14B: the DiT gets y = [mask (4) | image latent (16)] on its
     channels. The image latent is the VAE encoding of a clip holding the given frame(s) and grey

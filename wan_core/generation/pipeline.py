@@ -2,7 +2,7 @@
 experts, image conditioning, partial denoising and the official per-variant defaults.
 
 Everything works on normalized latents (the space the DiT sees); `vae.normalize_latent` and
-`denormalize_latent` convert from/to ComfyUI's raw LATENT. Conventions (../shared/spec/wan.md §7):
+`denormalize_latent` convert from/to ComfyUI's raw LATENT. Conventions (docs/conventions.md §2, §4, §7; docs/sampling.md §7):
   * CFG: v = v_neg + g·(v_pos − v_neg), both passes batched into one forward when memory allows;
   * the DiT receives int(1000·σ) (the official samplers truncate; `exact_timesteps=True` passes
     1000·σ as ComfyUI and diffusers do); the solvers use the fp32 σ;

@@ -1,4 +1,4 @@
-"""TODO docstring (io.dtypes)."""
+"""dtype names, fp8 quantization and fp8 scales (docs/formats.md §3), with no model knowledge."""
 from __future__ import annotations
 
 import torch

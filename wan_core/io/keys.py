@@ -1,4 +1,4 @@
-"""TODO docstring (io.keys)."""
+"""Parameter-name helpers with no model knowledge: natural ordering and the missing/unexpected-key check."""
 from __future__ import annotations
 
 from .tensor_files import CheckpointError

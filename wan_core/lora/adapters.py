@@ -3,7 +3,7 @@
 Training side: `add_lora(model, ...)` attaches low-rank adapters to chosen Linear layers through
 forward hooks, so the model's own `state_dict()` keeps exactly its official keys. `save_lora` writes
 them in ComfyUI's native keys (`diffusion_model.<module>.lora_up/lora_down.weight` + `.alpha`), which
-ComfyUI's LoraLoaderModelOnly reads as is (../shared/spec/comfyui.md §10).
+ComfyUI's LoraLoaderModelOnly reads as is (docs/formats.md §10).
 
 Loading side: `parse_lora(file or state dict)` normalizes the key styles found in the wild to the
 official module paths:

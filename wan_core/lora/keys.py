@@ -1,4 +1,7 @@
-"""TODO docstring (lora.keys)."""
+"""LoRA key formats (docs/formats.md §10): `parse_lora(file or state dict)` maps the key styles found
+in the wild (ComfyUI, kohya / musubi, Wan-Fun, diffusers / PEFT, DiffSynth; lora_up/down, lora_A/B,
+alpha, diff, diff_b) onto the official module paths of the Wan DiT, and `to_comfy_state_dict` writes
+a parsed LoRA back in ComfyUI's native keys."""
 from __future__ import annotations
 
 import os

@@ -1,4 +1,9 @@
-"""TODO docstring (lora.merge)."""
+"""Merging LoRA files into a model: `check_lora` matches a parsed LoRA against a model (shapes, I2V-only
+modules, another model width, metadata), `lora_deltas` gives the weight deltas without touching the
+model, `apply_lora` merges them in place: W += strength · (alpha / rank) · up @ down, in fp32, rounded
+once to the weight's dtype. fp8 weights are dequantized, updated and stored in bf16 with the scale
+cleared (re-quantizing the sum would lose most of a small delta). `set_applied_loras` keeps CPU
+backups of what it changed, so another list of LoRAs, or none, can be set later."""
 from __future__ import annotations
 
 import re

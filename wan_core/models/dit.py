@@ -3,7 +3,7 @@
 One module covers every released variant; parameter names are exactly the official ones
 (`Wan2.1/2.2: wan/modules/model.py`), so official state dicts load with strict checking.
 
-Numerics follow the official implementation (see ../shared/spec/wan.md §2 and §8):
+Numerics follow the official implementation (docs/architecture.md §2–§7):
   * sinusoidal timestep embedding and 3-D RoPE are computed in float64;
   * the time MLPs, the modulation tables, the gated residual adds and the output head run in fp32,
     and the residual stream stays fp32 whatever the compute dtype;

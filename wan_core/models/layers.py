@@ -1,4 +1,8 @@
-"""TODO docstring (models.layers)."""
+"""Casting layers: one home for the casting policy, apart from the networks (as ComfyUI's ops).
+
+`CastLinear` / `CastConv3d` keep their weight in a storage dtype (fp8, bf16) and cast it to the
+input's dtype at call time, dequantizing with an optional per-tensor `weight_scale`; the networks
+build themselves from these, so low-memory and fp8 modes need no change in the network code."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,4 @@
-"""The UMT5-XXL text encoder of Wan 2.1 / 2.2 (spec §5), on top of transformers' `UMT5EncoderModel`.
+"""The UMT5-XXL text encoder of Wan 2.1 / 2.2 (docs/architecture.md §13–§14), on top of transformers' `UMT5EncoderModel`.
 
 Wan conditions its DiT on the last hidden states of the encoder half of UMT5-XXL (24 pre-norm blocks,
 d_model 4096, gated-GELU feed-forward, a relative position bias in every block, 5.7 B parameters).
@@ -11,7 +11,7 @@ It infers the `UMT5Config` from the tensor shapes, builds the model on the meta 
 one tensor at a time (fp8 dequantized exactly: weight.float() * scale), so the weights are never held
 twice. `weight_dtype` keeps the large Linear weights small (fp8/bf16) and upcasts one layer per call.
 
-`WanTextEncoder.encode(prompts)` does what the official pipeline does (§5.3, §5.4): clean each prompt,
+`WanTextEncoder.encode(prompts)` does what the official pipeline does (docs/architecture.md §14): clean each prompt,
 tokenize (</s> appended, padded to 512 with id 0, truncated), run the encoder with the attention mask
 and return each prompt's hidden states trimmed to its real length. `pad_context` zero-pads such a
 list back to [B, 512, dim], the form the DiT and ComfyUI's CONDITIONING take.

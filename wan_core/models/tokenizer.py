@@ -1,4 +1,4 @@
-"""Prompt cleaning and tokenization for the UMT5 text encoder (spec §5.3).
+"""Prompt cleaning and tokenization for the UMT5 text encoder (docs/architecture.md §14).
 
 The official pipeline cleans every prompt (ftfy, HTML entities unescaped twice, whitespace runs
 collapsed), tokenizes it with the HF `google/umt5-xxl` tokenizer, which appends only `</s>`, pads with

@@ -1,4 +1,4 @@
-"""Flow-matching samplers in Wan's convention (../shared/spec/wan.md §7).
+"""Flow-matching samplers in Wan's convention (docs/conventions.md §1, docs/sampling.md).
 
     x_σ = (1 − σ)·x0 + σ·noise,   the model predicts v = noise − x0 = dx/dσ,   σ: 1 (noise) -> 0 (data).
 

@@ -56,7 +56,7 @@ def _extras(model: WanClipVision, seed: int) -> dict:
 
 
 def official_state_dict(model: WanClipVision, seed: int = 0) -> dict:
-    """The official Wan CLIP .pth names (spec §6.6), with the text tower stubs it also holds."""
+    """The official Wan CLIP .pth names (docs/formats.md §9), with the text tower stubs it also holds."""
     sd, n = hf_state_dict(model), model.config.num_hidden_layers
     extras = _extras(model, seed)
     out = {

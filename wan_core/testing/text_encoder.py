@@ -39,7 +39,7 @@ CORPUS = [
     NEGATIVE_BASE,  # the official default negative prompt
 ]
 
-# HF name -> official name (spec §5.2), written here independently of the loader's own mapping.
+# HF name -> official name (docs/formats.md §8), written here independently of the loader's own mapping.
 _HF_TO_OFFICIAL = {
     "layer.0.layer_norm.weight": "norm1.weight",
     "layer.0.SelfAttention.q.weight": "attn.q.weight",
@@ -204,7 +204,7 @@ def hf_state_dict(model) -> dict:
 
 
 def official_state_dict(hf_state: dict) -> dict:
-    """HF names -> official `wan/modules/t5.py` names (spec §5.2)."""
+    """HF names -> official `wan/modules/t5.py` names (docs/formats.md §8)."""
     out = {}
     for name, w in hf_state.items():
         if name in ("shared.weight", "encoder.embed_tokens.weight"):

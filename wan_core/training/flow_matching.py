@@ -1,6 +1,6 @@
 """Flow-matching training of Wan DiTs: LoRA or full fine-tune, in Wan's own convention.
 
-Objective (../shared/spec/wan.md §7.1, §7.6): for a clean normalized latent x0, noise ε and a noise
+Objective (docs/conventions.md §1, §13): for a clean normalized latent x0, noise ε and a noise
 level σ, the model sees x_σ = (1 − σ)·x0 + σ·ε at timestep 1000·σ and is trained to predict
 v = ε − x0 with a (optionally weighted) mean squared error. Image conditioning (`y`, `clip_fea` of
 I2V models) is clean and never noised; TI2V can keep latent frame 0 clean with timestep 0 on its
@@ -136,7 +136,7 @@ def sample_sigmas(n: int, config: TrainConfig, generator: torch.Generator) -> to
 
 
 def diffsynth_weights(sigmas: torch.Tensor, shift: float = 5.0) -> torch.Tensor:
-    """The DiffSynth-Studio loss weight (wan.md §7.6): a bell over the timestep 1000σ, shifted so
+    """The DiffSynth-Studio loss weight (docs/conventions.md §13): a bell over the timestep 1000σ, shifted so
     its minimum over the 1000-step training grid is 0 and scaled to mean 1 over that grid."""
     grid = shift_sigma(torch.linspace(1, 0, 1001, dtype=torch.float64)[:1000], shift) * 1000
     bell = lambda t: torch.exp(-2 * ((t - 500) / 1000) ** 2)  # noqa: E731
