@@ -1,66 +1,20 @@
-"""ComfyUI nodes of wan-flow: thin adapters over wan_core (no math here)."""
-from .dataset import WanFlowCacheLatents, WanFlowVideoDataset
-from .demo import WanFlowDemoDataset, WanFlowDemoModels
-from .image_to_video import WanFlowImageToVideo
-from .loaders import (
-                      WanFlowLoadCLIPVision,
-                      WanFlowLoadDiffusionModel,
-                      WanFlowLoadTextEncoder,
-                      WanFlowLoadVAE,
-                      WanFlowModelInfo,
-)
-from .lora import WanFlowLoadLoRA
-from .reward import WanFlowLoadRewardModel
-from .sampling import WanFlowEmptyLatent, WanFlowSampler
-from .save_video import WanFlowSaveVideo
-from .srpo import WanFlowSRPOTrain
-from .text import WanFlowTextEncode
-from .training import WanFlowTrainFull, WanFlowTrainLoRA
-from .video_vae import WanFlowVAEDecode, WanFlowVAEEncode
+"""ComfyUI nodes of wan-flow: thin adapters over wan_core (no math here).
 
-NODE_CLASS_MAPPINGS = {
-    "WanFlowLoadDiffusionModel": WanFlowLoadDiffusionModel,
-    "WanFlowLoadVAE": WanFlowLoadVAE,
-    "WanFlowLoadTextEncoder": WanFlowLoadTextEncoder,
-    "WanFlowLoadCLIPVision": WanFlowLoadCLIPVision,
-    "WanFlowModelInfo": WanFlowModelInfo,
-    "WanFlowTextEncode": WanFlowTextEncode,
-    "WanFlowVAEEncode": WanFlowVAEEncode,
-    "WanFlowVAEDecode": WanFlowVAEDecode,
-    "WanFlowEmptyLatent": WanFlowEmptyLatent,
-    "WanFlowImageToVideo": WanFlowImageToVideo,
-    "WanFlowSampler": WanFlowSampler,
-    "WanFlowSaveVideo": WanFlowSaveVideo,
-    "WanFlowLoadLoRA": WanFlowLoadLoRA,
-    "WanFlowVideoDataset": WanFlowVideoDataset,
-    "WanFlowCacheLatents": WanFlowCacheLatents,
-    "WanFlowTrainLoRA": WanFlowTrainLoRA,
-    "WanFlowTrainFull": WanFlowTrainFull,
-    "WanFlowDemoModels": WanFlowDemoModels,
-    "WanFlowDemoDataset": WanFlowDemoDataset,
-    "WanFlowLoadRewardModel": WanFlowLoadRewardModel,
-    "WanFlowSRPOTrain": WanFlowSRPOTrain,
-}
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "WanFlowLoadDiffusionModel": "WanFlow Load Diffusion Model",
-    "WanFlowLoadVAE": "WanFlow Load VAE",
-    "WanFlowLoadTextEncoder": "WanFlow Load Text Encoder",
-    "WanFlowLoadCLIPVision": "WanFlow Load CLIP Vision",
-    "WanFlowModelInfo": "WanFlow Model Info",
-    "WanFlowTextEncode": "WanFlow Text Encode",
-    "WanFlowVAEEncode": "WanFlow VAE Encode",
-    "WanFlowVAEDecode": "WanFlow VAE Decode",
-    "WanFlowEmptyLatent": "WanFlow Empty Latent",
-    "WanFlowImageToVideo": "WanFlow Image To Video",
-    "WanFlowSampler": "WanFlow Sampler",
-    "WanFlowSaveVideo": "WanFlow Save Video",
-    "WanFlowLoadLoRA": "WanFlow Load LoRA",
-    "WanFlowVideoDataset": "WanFlow Video Dataset",
-    "WanFlowCacheLatents": "WanFlow Cache Latents",
-    "WanFlowTrainLoRA": "WanFlow Train LoRA",
-    "WanFlowTrainFull": "WanFlow Train Full",
-    "WanFlowDemoModels": "WanFlow Demo Models",
-    "WanFlowDemoDataset": "WanFlow Demo Dataset",
-    "WanFlowLoadRewardModel": "WanFlow Load Reward Model",
-    "WanFlowSRPOTrain": "WanFlow SRPO Train",
-}
+Each node module exports its own NODE_CLASS_MAPPINGS and NODE_DISPLAY_NAME_MAPPINGS; the pack's are
+their union, in the order of MODULES (node ids and display names are what saved graphs refer to).
+"""
+import importlib
+
+MODULES = ("loaders", "text", "video_vae", "sampling", "image_to_video", "save_video", "lora", "dataset",
+           "training", "demo", "reward", "srpo")
+
+NODE_CLASS_MAPPINGS = {}
+NODE_DISPLAY_NAME_MAPPINGS = {}
+for _name in MODULES:
+    _module = importlib.import_module(f".{_name}", __name__)
+    _clash = sorted(NODE_CLASS_MAPPINGS.keys() & _module.NODE_CLASS_MAPPINGS.keys())
+    if _clash:
+        raise RuntimeError(f"nodes.{_name} defines node ids that an earlier module defines: {_clash}")
+    NODE_CLASS_MAPPINGS.update(_module.NODE_CLASS_MAPPINGS)
+    NODE_DISPLAY_NAME_MAPPINGS.update(_module.NODE_DISPLAY_NAME_MAPPINGS)
+del _name, _module, _clash

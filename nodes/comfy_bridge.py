@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-MODEL_EXTENSIONS = (".safetensors", ".sft", ".pth", ".pt", ".ckpt", ".bin")
+from ..wan_core.io.tensor_files import MODEL_SUFFIXES
 
 
 def _comfy(name: str):
@@ -38,7 +38,7 @@ def list_model_files(category: str) -> list[str]:
         return []
     return sorted(
         str(p.relative_to(root)).replace(os.sep, "/")
-        for p in root.rglob("*") if p.is_file() and p.suffix.lower() in MODEL_EXTENSIONS
+        for p in root.rglob("*") if p.is_file() and p.suffix.lower() in MODEL_SUFFIXES
     )
 
 
@@ -208,12 +208,24 @@ def save_folder(category: str) -> Path:
     return next((r for r in roots if r.name == category), roots[0])
 
 
+def fallback_output_dir() -> Path:
+    return Path(os.environ.get("WANFLOW_OUTPUT_DIR", "output"))
+
+
 def output_root() -> Path:
     """ComfyUI's output folder ($WANFLOW_OUTPUT_DIR or ./output outside ComfyUI)."""
     folder_paths = _comfy("folder_paths")
     if folder_paths is not None:
         return Path(folder_paths.get_output_directory())
-    return Path(os.environ.get("WANFLOW_OUTPUT_DIR", "output"))
+    return fallback_output_dir()
+
+
+def input_root() -> Path:
+    """ComfyUI's input folder ($WANFLOW_INPUT_DIR or ./input outside ComfyUI)."""
+    folder_paths = _comfy("folder_paths")
+    if folder_paths is not None:
+        return Path(folder_paths.get_input_directory())
+    return Path(os.environ.get("WANFLOW_INPUT_DIR", "input"))
 
 
 def confined_path(root: Path, name: str, suffix: str = "") -> Path:

@@ -8,14 +8,12 @@ wan_core.latent_cache.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from pathlib import Path
 
 from ..wan_core.training.dataset import SHORT_VIDEO_POLICIES, MediaDataset, scan_media
 from ..wan_core.training.latent_cache import build_latent_cache
-from .comfy_bridge import _comfy, free_memory_bytes, progress_callback
-from .save_video import fallback_output_dir
+from .comfy_bridge import free_memory_bytes, input_root, output_root, progress_callback
 
 CACHE_FOLDER = "wanflow_cache"
 FOLDER_TOOLTIP = ("Folder of training videos and images, relative to ComfyUI's input directory (e.g. 'training/cats'). "
@@ -29,20 +27,6 @@ REPEATS_TOOLTIP = "How many times every file is seen per epoch (multiplies kohya
 CAPTION_TOOLTIP = "Caption for files without a .txt file. Empty: such files are skipped (and listed in the summary)."
 SHORT_TOOLTIP = ("Videos shorter than their bucket's frame count: 'shorten' uses the longest 1 + 4k frames they have "
                  "(listed in the summary), 'skip' leaves them out.")
-
-
-def input_root() -> Path:
-    folder_paths = _comfy("folder_paths")
-    if folder_paths is not None:
-        return Path(folder_paths.get_input_directory())
-    return Path(os.environ.get("WANFLOW_INPUT_DIR", "input"))
-
-
-def output_root() -> Path:
-    folder_paths = _comfy("folder_paths")
-    if folder_paths is not None:
-        return Path(folder_paths.get_output_directory())
-    return fallback_output_dir()
 
 
 def dataset_folder(folder: str) -> Path:
@@ -162,3 +146,13 @@ class WanFlowCacheLatents:
                                      image_conditioning=bool(image_conditioning) or clip is not None,
                                      callback=progress_callback(), memory_budget=free_memory_bytes(vae_module.device))
         return latents, latents.summary()
+
+
+NODE_CLASS_MAPPINGS = {
+    "WanFlowVideoDataset": WanFlowVideoDataset,
+    "WanFlowCacheLatents": WanFlowCacheLatents,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "WanFlowVideoDataset": "WanFlow Video Dataset",
+    "WanFlowCacheLatents": "WanFlow Cache Latents",
+}

@@ -86,3 +86,7 @@ class WanFlowDemoDataset:
                              f"found vae={vae!r}, text_encoder={text_encoder!r}")
         dataset = make_dataset(vae.load(), text_encoder.load(), clips_per_combo=clips_per_combo, seed=seed)
         return (dataset, "\n".join(held_out_prompts()))
+
+
+NODE_CLASS_MAPPINGS = {"WanFlowDemoModels": WanFlowDemoModels, "WanFlowDemoDataset": WanFlowDemoDataset}
+NODE_DISPLAY_NAME_MAPPINGS = {"WanFlowDemoModels": "WanFlow Demo Models", "WanFlowDemoDataset": "WanFlow Demo Dataset"}

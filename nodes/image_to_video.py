@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..wan_core.generation.conditioning import clip_features, first_frame_latent, image_condition, resize_image
+from ..wan_core.generation.conditioning import clip_features, image_to_video_inputs
 from .comfy_bridge import intermediate_device, progress_callback
 from .sampling import ClipVisionFeatures
 
@@ -61,27 +61,22 @@ class WanFlowImageToVideo:
     def condition(self, positive, negative, vae, start_image, width, height, frames, batch_size,
                   clip_vision=None, end_image=None):
         module = vae.load()
-        stride = module.config.stride[1]
-        if width % (2 * stride) or height % (2 * stride) or (frames - 1) % 4:
-            raise ValueError(f"width and height must be multiples of {2 * stride} and frames 1 + 4k for this VAE; "
-                             f"found {width}x{height}, {frames} frames")
         first_image = _frame(start_image, "start_image", 0)
         last_image = None if end_image is None else _frame(end_image, "end_image", -1)
-        # the VAE gets the bicubic resize (unclamped, as official); CLIP the original frames (official)
-        first = resize_image(first_image, height, width)
-        last = None if last_image is None else resize_image(last_image, height, width)
-        callback = progress_callback()
-        if module.config.z_dim == 48:  # Wan2.2 TI2V-5B: the start frame is latent frame 0
-            if last is not None:
-                raise ValueError("end_image: TI2V-5B (Wan2.2 VAE) takes a start image only")
-            latent, mask = first_frame_latent(module, first, frames, callback=callback)
-            samples = latent.float().expand(batch_size, -1, -1, -1, -1).to(intermediate_device())
-            return positive, negative, {"samples": samples.contiguous(), "noise_mask": mask.to(intermediate_device())}
-        image_latent, known = image_condition(module, first, last, frames, callback=callback)
-        values = {"concat_latent_image": image_latent.float().to(intermediate_device()),
-                  "concat_mask": (1 - known).float().to(intermediate_device())}  # ComfyUI's convention: 0 = given
-        if clip_vision is not None:
+        inputs = image_to_video_inputs(module, first_image, last_image, width, height, frames,
+                                       callback=progress_callback())
+        if inputs.latent is not None:  # Wan2.2 TI2V-5B: the start frame is latent frame 0
+            samples = inputs.latent.float().expand(batch_size, -1, -1, -1, -1).to(intermediate_device())
+            return positive, negative, {"samples": samples.contiguous(),
+                                        "noise_mask": inputs.noise_mask.to(intermediate_device())}
+        values = {"concat_latent_image": inputs.image_latent.float().to(intermediate_device()),
+                  "concat_mask": (1 - inputs.known).float().to(intermediate_device())}  # ComfyUI's convention: 0 = given
+        if clip_vision is not None:  # CLIP sees the original frames (official)
             fea = clip_features(clip_vision.load(), first_image, last_image)
             values["clip_vision_output"] = ClipVisionFeatures(fea.float().to(intermediate_device()))
-        samples = torch.zeros(batch_size, *image_latent.shape[1:], device=intermediate_device())
+        samples = torch.zeros(batch_size, *inputs.image_latent.shape[1:], device=intermediate_device())
         return _with(positive, values), _with(negative, values), {"samples": samples}
+
+
+NODE_CLASS_MAPPINGS = {"WanFlowImageToVideo": WanFlowImageToVideo}
+NODE_DISPLAY_NAME_MAPPINGS = {"WanFlowImageToVideo": "WanFlow Image To Video"}

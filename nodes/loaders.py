@@ -240,3 +240,19 @@ class WanFlowLoadCLIPVision:
         path = model_file_path("clip_vision", clip_name)
         chosen = VAE_DTYPES[dtype] or (torch.float16 if torch.cuda.is_available() else torch.float32)
         return (ModelHandle(load_clip_vision(path, dtype=chosen), name=clip_name, role="clip_vision"),)
+
+
+NODE_CLASS_MAPPINGS = {
+    "WanFlowLoadDiffusionModel": WanFlowLoadDiffusionModel,
+    "WanFlowLoadVAE": WanFlowLoadVAE,
+    "WanFlowLoadTextEncoder": WanFlowLoadTextEncoder,
+    "WanFlowLoadCLIPVision": WanFlowLoadCLIPVision,
+    "WanFlowModelInfo": WanFlowModelInfo,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "WanFlowLoadDiffusionModel": "WanFlow Load Diffusion Model",
+    "WanFlowLoadVAE": "WanFlow Load VAE",
+    "WanFlowLoadTextEncoder": "WanFlow Load Text Encoder",
+    "WanFlowLoadCLIPVision": "WanFlow Load CLIP Vision",
+    "WanFlowModelInfo": "WanFlow Model Info",
+}

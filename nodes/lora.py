@@ -95,3 +95,7 @@ def _apply_native(model, config, parsed, strength: float):
                                f"tables (e.g. {skipped[0]}); the WanFlow model path does")
     patched, _ = _comfy("comfy.sd").load_lora_for_models(model, None, state_dict, strength, 0)
     return patched, report
+
+
+NODE_CLASS_MAPPINGS = {"WanFlowLoadLoRA": WanFlowLoadLoRA}
+NODE_DISPLAY_NAME_MAPPINGS = {"WanFlowLoadLoRA": "WanFlow Load LoRA"}

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import torch
 
+from ..wan_core.io.tensor_files import MODEL_SUFFIXES
 from ..wan_core.rewards.base import ColourReward
 from ..wan_core.rewards.clip import KIND_LABELS, find_clip_tokenizer, is_clip_tokenizer_folder, load_reward_model
 from .comfy_bridge import (
-    MODEL_EXTENSIONS,
     comfy_resource,
     compute_device,
     folder_roots,
@@ -56,7 +56,7 @@ def reward_entries() -> list[str]:
     Files inside a listed folder belong to it and are not listed on their own."""
     folders = hf_reward_folders()
     files = [f for f in list_model_files(REWARD_CATEGORY)
-             if Path(f).suffix.lower() in MODEL_EXTENSIONS and not any(f.startswith(d + "/") for d in folders)]
+             if Path(f).suffix.lower() in MODEL_SUFFIXES and not any(f.startswith(d + "/") for d in folders)]
     return sorted([*folders, *files]) + [COLOUR_ENTRY]
 
 
@@ -149,3 +149,7 @@ class WanFlowLoadRewardModel:
             model = load_reward_model(path, KINDS.get(kind, kind), tokenizer_dir=_tokenizer_dir(tokenizer, path),
                                       device=target, dtype=DTYPES[dtype])
         return (model,)
+
+
+NODE_CLASS_MAPPINGS = {"WanFlowLoadRewardModel": WanFlowLoadRewardModel}
+NODE_DISPLAY_NAME_MAPPINGS = {"WanFlowLoadRewardModel": "WanFlow Load Reward Model"}

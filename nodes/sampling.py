@@ -3,30 +3,17 @@ from __future__ import annotations
 
 import torch
 
+from ..wan_core.generation.conditioning import concat_y
 from ..wan_core.generation.defaults import official_defaults
 from ..wan_core.generation.pipeline import Conditioning, generate, seeded_noise
 from ..wan_core.generation.preview import latent_rgb_preview
+from ..wan_core.generation.shapes import latent_stride, video_latent_shape
 from ..wan_core.models.vae import denormalize_latent, normalize_latent
 from ..wan_core.sampling.solvers import SOLVERS
 from .comfy_bridge import intermediate_device, progress_callback
 from .models import MODEL_TYPES, dit_config, load_dit
 
 AUTO = "0 = the official default of the model"
-
-
-def latent_stride(config) -> int:
-    """Pixels per latent pixel: 16 for Wan2.2 TI2V-5B (48-channel VAE), else 8."""
-    return 16 if config.out_dim == 48 else 8
-
-
-def check_video_size(config, width: int, height: int, frames: int) -> None:
-    size = latent_stride(config) * config.patch_size[1]
-    bad = [f"{name} {v}" for name, v in (("width", width), ("height", height)) if v % size]
-    if bad:
-        raise ValueError(f"{config.variant or config.model_type}: width and height must be multiples of {size} "
-                         f"(VAE stride x 2x2 patches); found {', '.join(bad)}")
-    if (frames - 1) % 4:
-        raise ValueError(f"frames must be 1 + 4k (1, 5, ..., 81); found {frames}")
 
 
 class WanFlowEmptyLatent:
@@ -55,10 +42,7 @@ class WanFlowEmptyLatent:
         }
 
     def empty(self, model, width, height, frames, batch_size):
-        cfg = dit_config(model)
-        check_video_size(cfg, width, height, frames)
-        s = latent_stride(cfg)
-        shape = (batch_size, cfg.out_dim, (frames - 1) // 4 + 1, height // s, width // s)
+        shape = video_latent_shape(dit_config(model), batch_size, width, height, frames)
         return ({"samples": torch.zeros(shape, device=intermediate_device())},)
 
 
@@ -110,9 +94,7 @@ def image_inputs(extras: dict, cfg, latent_shape):
                              f"is {(T, h, w)}: use the same width, height and frames")
         mask = extras.get("concat_mask")
         known = torch.zeros_like(image[:, :4]) if mask is None else 1 - mask.float()
-        if known.shape[1] == 1:
-            known = known.expand(-1, 4, -1, -1, -1)
-        y = torch.cat([known, normalize_latent(image.float())], dim=1)
+        y = concat_y(normalize_latent(image.float()), known)
         y = y.expand(B, -1, -1, -1, -1) if y.shape[0] == 1 else y
     if clip is not None and clip.shape[0] == 1:
         clip = clip.expand(latent_shape[0], -1, -1)
@@ -177,9 +159,9 @@ class WanFlowSampler:
         if raw.shape[1] != config.out_dim:
             raise ValueError(f"the latent has {raw.shape[1]} channels but {config.variant or 'the model'} samples "
                              f"{config.out_dim}-channel latents (TI2V-5B: 48, others: 16); make it for this model")
-        s = latent_stride(config)
+        _, sh, sw = latent_stride(config)
         d = official_defaults(config, two_experts=model_low_noise is not None,
-                              width=raw.shape[-1] * s, height=raw.shape[-2] * s)
+                              width=raw.shape[-1] * sw, height=raw.shape[-2] * sh)
         pos, pos_extras = read_conditioning(positive, "positive")
         neg, neg_extras = read_conditioning(negative, "negative")
         clip, y = image_inputs(pos_extras, config, raw.shape)
@@ -204,3 +186,7 @@ class WanFlowSampler:
         out = dict(latent)
         out["samples"] = denormalize_latent(x0).to(intermediate_device())
         return (out,)
+
+
+NODE_CLASS_MAPPINGS = {"WanFlowEmptyLatent": WanFlowEmptyLatent, "WanFlowSampler": WanFlowSampler}
+NODE_DISPLAY_NAME_MAPPINGS = {"WanFlowEmptyLatent": "WanFlow Empty Latent", "WanFlowSampler": "WanFlow Sampler"}

@@ -16,7 +16,7 @@ from pathlib import Path, PurePath
 
 import torch
 
-from .comfy_bridge import _comfy, progress_callback
+from .comfy_bridge import _comfy, fallback_output_dir, progress_callback
 
 # format -> (container, encoder, extra encoder options); both encode yuv420p, which browsers play
 FORMATS = {
@@ -30,10 +30,6 @@ PREFIX_TOOLTIP = ("File name prefix, relative to the output folder; a folder par
 FORMAT_TOOLTIP = "mp4 = H.264 (plays everywhere), webm = VP9 (smaller files, slower to encode)."
 QUALITY_TOOLTIP = ("Constant rate factor (CRF): lower = better quality and larger files. 0 is (near) lossless, "
                    "17-23 looks good for most clips, above 30 shows compression artifacts.")
-
-
-def fallback_output_dir() -> Path:
-    return Path(os.environ.get("WANFLOW_OUTPUT_DIR", "output"))
 
 
 def _fill_placeholders(prefix: str, width: int, height: int) -> str:
@@ -167,3 +163,7 @@ class WanFlowSaveVideo:
             partial.unlink(missing_ok=True)
             raise
         return {"ui": {"images": [{"filename": name, "subfolder": subfolder, "type": "output"}], "animated": (True,)}}
+
+
+NODE_CLASS_MAPPINGS = {"WanFlowSaveVideo": WanFlowSaveVideo}
+NODE_DISPLAY_NAME_MAPPINGS = {"WanFlowSaveVideo": "WanFlow Save Video"}

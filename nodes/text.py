@@ -44,3 +44,7 @@ class WanFlowTextEncode:
         padded = pad_context(features).float().to(intermediate_device())
         out = [[[padded[i:i + 1], {"wanflow_tokens": int(features[i].shape[0])}]] for i in range(2)]
         return tuple(out)
+
+
+NODE_CLASS_MAPPINGS = {"WanFlowTextEncode": WanFlowTextEncode}
+NODE_DISPLAY_NAME_MAPPINGS = {"WanFlowTextEncode": "WanFlow Text Encode"}

@@ -92,3 +92,7 @@ class WanFlowVAEDecode:
                               memory_budget=_budget(module), callback=progress_callback())
         images = ((video + 1) / 2).clamp(0, 1).movedim(1, -1)  # [B, F, H, W, 3]
         return (images.reshape(-1, *images.shape[2:]).to(intermediate_device(), torch.float32),)
+
+
+NODE_CLASS_MAPPINGS = {"WanFlowVAEEncode": WanFlowVAEEncode, "WanFlowVAEDecode": WanFlowVAEDecode}
+NODE_DISPLAY_NAME_MAPPINGS = {"WanFlowVAEEncode": "WanFlow VAE Encode", "WanFlowVAEDecode": "WanFlow VAE Decode"}

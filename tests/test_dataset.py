@@ -507,3 +507,24 @@ def test_model_checks(built, tmp_path, vae, text_encoder):
     cache = build_latent_cache(image, vae22, text_encoder, tmp_path / "c22")  # Wan2.2: 48 channels, stride 16
     torch.testing.assert_close(cache[0]["latent"], vae22.encode(image[0].load()[None])[0], atol=1e-6, rtol=1e-6)
     assert cache[0]["latent"].shape == (48, 1, 4, 2)
+
+
+def test_latents_fit_model():
+    """The check the training node and the command line share: channels, y, text width, CLIP features."""
+    from wan_core.testing.dit import tiny_config
+    from wan_core.training.latent_cache import check_latents_fit_model
+
+    plain = [{"latent": torch.zeros(16, 2, 4, 4), "context": torch.zeros(5, 64)}]
+    with_y = [{**plain[0], "y": torch.zeros(20, 2, 4, 4)}]
+    check_latents_fit_model(plain, tiny_config("t2v"))
+    check_latents_fit_model(with_y, tiny_config("i2v-2.2"))
+    check_latents_fit_model([{**with_y[0], "clip_fea": torch.zeros(257, 1280)}], tiny_config("i2v"))
+    with pytest.raises(ValueError, match="16 channels, but .* takes 36 input channels: cache the latents with image "
+                                         "conditioning \\(y\\) with this model's VAE"):
+        check_latents_fit_model(plain, tiny_config("i2v-2.2"))
+    with pytest.raises(ValueError, match="16 channels \\+ 20 of y, but .* takes 48 input channels"):
+        check_latents_fit_model(with_y, tiny_config("ti2v"))
+    with pytest.raises(ValueError, match="text embeddings are 64 wide, the model takes 32"):
+        check_latents_fit_model(plain, tiny_config("t2v", text_dim=32))
+    with pytest.raises(ValueError, match="needs CLIP image features"):
+        check_latents_fit_model(with_y, tiny_config("i2v"))

@@ -285,3 +285,37 @@ def test_generate_rejects_bad_input():
     with pytest.raises(ValueError, match="solver"):
         generate(model, torch.randn(SHAPE), Conditioning(pos), steps=2, shift=1.0, guide_scale=1.0, solver="ddim")
     assert len(flow_sigmas(2, 1.0)) == 3
+
+
+@torch.no_grad()
+def test_image_to_video_inputs_pick_the_vae_convention():
+    """One entry point for nodes and the command line: size check, resize, then image_condition (Wan2.1
+    VAE) or first_frame_latent (Wan2.2 VAE)."""
+    from wan_core.generation.conditioning import image_to_video_inputs
+
+    first, last = torch.rand(1, 3, 40, 40) * 2 - 1, torch.rand(1, 3, 40, 40) * 2 - 1
+    vae21, vae22 = random_vae("2.1", seed=2), random_vae("2.2", seed=3)
+    inputs = image_to_video_inputs(vae21, first, last, 48, 32, 9)
+    latent, known = image_condition(vae21, resize_image(first, 32, 48), resize_image(last, 32, 48), 9)
+    assert inputs.latent is None and torch.equal(inputs.image_latent, latent) and torch.equal(inputs.known, known)
+    inputs = image_to_video_inputs(vae22, first, None, 64, 64, 9)
+    raw, mask = first_frame_latent(vae22, resize_image(first, 64, 64), 9)
+    assert inputs.image_latent is None and torch.equal(inputs.latent, raw) and torch.equal(inputs.noise_mask, mask)
+    with pytest.raises(ValueError, match="start image only"):
+        image_to_video_inputs(vae22, first, last, 64, 64, 9)
+    with pytest.raises(ValueError, match="multiples of 32 and frames 1 \\+ 4k.*48x64"):
+        image_to_video_inputs(vae22, first, None, 48, 64, 9)
+
+
+def test_video_latent_shape_from_the_model_channels():
+    from wan_core.generation.shapes import latent_stride, video_latent_shape
+
+    assert video_latent_shape(tiny_config("t2v"), 2, 832, 480, 81) == (2, 16, 21, 60, 104)
+    assert video_latent_shape(tiny_config("ti2v"), 1, 1280, 704, 121) == (1, 48, 31, 44, 80)
+    assert latent_stride(tiny_config("i2v")) == (4, 8, 8)
+    with pytest.raises(ValueError, match="multiples of 32 .*width 80"):
+        video_latent_shape(tiny_config("ti2v"), 1, 80, 64, 9)
+    with pytest.raises(ValueError, match="1 \\+ 4k"):
+        video_latent_shape(tiny_config("t2v"), 1, 64, 64, 8)
+    with pytest.raises(ValueError, match="20-channel latent matches no Wan VAE \\(16 or 48 channels\\)"):
+        latent_stride(tiny_config("t2v", in_dim=20, out_dim=20))

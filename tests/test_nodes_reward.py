@@ -71,7 +71,7 @@ def test_lists_files_folders_and_the_colour_entry(node):
 def test_loads_like_the_wan_core_loader(node, models_dir, entry, key, kind):
     (reward,) = node.load(entry, "auto", pack_module("reward").AUTO_TOKENIZER, "fp32", "cpu")
     direct = load_reward_model(models_dir[1][key])
-    assert isinstance(reward, pack_class("reward_clip", "CLIPReward")) and reward.kind == kind == direct.kind
+    assert isinstance(reward, pack_class("rewards.clip", "CLIPReward")) and reward.kind == kind == direct.kind
     assert reward.score_scale == pytest.approx(direct.score_scale)
     ours, theirs = reward.score(_images(), TEXTS), direct.score(_images(), TEXTS)
     assert torch.allclose(ours, theirs, atol=1e-6) and (ours[0] - ours[1]).abs() > 0
@@ -99,7 +99,7 @@ def test_colour_entry_needs_no_file(monkeypatch, tmp_path):
     mod = pack_module("reward")
     assert mod.WanFlowLoadRewardModel.INPUT_TYPES()["required"]["reward"][0] == [mod.COLOUR_ENTRY]
     (reward,) = mod.WanFlowLoadRewardModel().load(mod.COLOUR_ENTRY, "auto", mod.AUTO_TOKENIZER, "fp32", "cpu")
-    assert isinstance(reward, pack_class("reward", "ColourReward"))
+    assert isinstance(reward, pack_class("rewards.base", "ColourReward"))
     red = torch.zeros(1, 3, 8, 8)
     red[:, 0] = 1
     assert reward.score(red, ["a red square"]) > reward.score(red, ["a blue square"])
@@ -107,7 +107,7 @@ def test_colour_entry_needs_no_file(monkeypatch, tmp_path):
 
 def test_bad_file_gives_a_clear_error(node):
     expected = r"broken\.safetensors: not an open_clip CLIP checkpoint.*decoder\.conv_in"
-    with pytest.raises(pack_class("tensor_files", "CheckpointError"), match=expected):
+    with pytest.raises(pack_class("io.tensor_files", "CheckpointError"), match=expected):
         node.load("broken.safetensors", "auto", pack_module("reward").AUTO_TOKENIZER, "fp32", "cpu")
 
 

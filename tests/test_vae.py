@@ -260,3 +260,32 @@ def test_released_architecture_sizes(version, millions, tensors):
     assert round(sum(p.numel() for p in vae.parameters()) / 1e6, 1) == millions
     assert len(vae.state_dict()) == tensors
     assert vae.config.stride == ((4, 8, 8) if version == "2.1" else (4, 16, 16))
+
+
+def test_one_table_of_vae_geometry():
+    """VAE_VERSIONS is the one home of latent channels, strides and patch; the rest derives from it."""
+    from wan_core.models.vae import (
+        LATENT_VERSIONS,
+        SIZE_MULTIPLE,
+        VAE_VERSIONS,
+        VAEConfig,
+        latent_channel_choices,
+        vae_for_latent,
+    )
+    from wan_core.training import dataset
+    geometry = {k: (v.name, v.latent_channels, v.stride, v.patch, v.size_multiple) for k, v in VAE_VERSIONS.items()}
+    assert geometry == {"2.1": ("Wan2.1", 16, (4, 8, 8), 1, 16), "2.2": ("Wan2.2", 48, (4, 16, 16), 2, 32)}
+    assert LATENT_VERSIONS == {16: "2.1", 48: "2.2"} and latent_channel_choices() == "16 or 48"
+    assert vae_for_latent(48) is VAE_VERSIONS["2.2"] and vae_for_latent(36) is None
+    assert SIZE_MULTIPLE == dataset.SIZE_MULTIPLE == 16
+    for version, spec in VAE_VERSIONS.items():
+        cfg = VAEConfig.released(version)
+        assert (cfg.z_dim, cfg.stride, cfg.patch, cfg.enc_dim, cfg.dec_dim, cfg.width_ratio) == (
+            spec.latent_channels, spec.stride, spec.patch, spec.enc_dim, spec.dec_dim, 1.0)
+    with pytest.raises(ValueError, match="VAE version must be one of"):
+        VAEConfig(version="3.0")
+    with pytest.raises(ValueError, match="do not give the Wan2.1 VAE's stride"):
+        VAEConfig(dim_mult=(1, 2, 4))
+    with pytest.raises(ValueError, match=r"expected a Wan video latent \[B, 16 or 48, T, h, w\]"):
+        from wan_core.models.vae import normalize_latent
+        normalize_latent(torch.zeros(1, 20, 1, 2, 2))

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 from test_nodes import import_pack
+
 from tools.workflows import catalogue
+from wan_core.io.tensor_files import MODEL_SUFFIXES
 
 PACK_DIR = Path(__file__).resolve().parents[1]
 WORKFLOWS = PACK_DIR / "workflows"
@@ -19,7 +21,6 @@ UI_FILES = sorted(WORKFLOWS.glob("*.json"))
 FRONTEND_ONLY = {"Note", "MarkdownNote", "PrimitiveNode", "Reroute"}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
-MODEL_SUFFIXES = (".safetensors", ".sft", ".pth", ".pt", ".ckpt", ".bin")
 # file dropdowns that also offer built-in entries (so their option list is never empty): a model file
 # name is as valid in them as in an empty dropdown
 FILE_DROPDOWNS_WITH_BUILTINS = {("WanFlowLoadRewardModel", "reward")}

@@ -7,8 +7,9 @@ import importlib.util
 import os
 import sys
 import tempfile
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 PACK_DIR = Path(__file__).resolve().parents[2]
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 import uuid
 
+from wan_core.io.tensor_files import MODEL_SUFFIXES
+
 from .pack import pack_id_and_version
 
 CORE_VER = "0.3.64"
 FRONTEND_VERSION = "1.27.10"
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
-MODEL_SUFFIXES = (".safetensors", ".sft", ".pth", ".pt", ".ckpt", ".bin")
 OPTIONAL_SHAPE = 7  # RenderShape.HollowCircle: how the frontend draws (and saves) optional inputs
 
 # ComfyUI core nodes the workflows use: (INPUT_TYPES as /object_info shows them, RETURN_TYPES, output names, title).

@@ -24,9 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.vae import WanVAE, denormalize_latent, normalize_latent
+from ..models.vae import VAE_VERSIONS, WanVAE, denormalize_latent, normalize_latent
 
-BLOCK = 4  # pixels averaged per side before the 2x2 space-to-depth fold (4 x 2 = the 8x stride)
+GEOMETRY = VAE_VERSIONS["2.1"]  # the latent layout the codec copies
+BLOCK = GEOMETRY.stride[1] // 2  # pixels averaged per side before the 2x2 fold into channels (4 x 2 = stride 8)
 COLOUR_CHANNELS = 3 * 2 * 2
 GAIN = 4.0  # normalized latent = GAIN x pixel block means in [-1, 1]
 
@@ -35,10 +36,10 @@ GAIN = 4.0  # normalized latent = GAIN x pixel block means in [-1, 1]
 class DemoCodecConfig:
     """What the nodes read from a VAE config (same values as the Wan2.1 VAE's)."""
 
-    version: str = "2.1"  # whose latent statistics `normalize_latent` applies (16 channels -> 2.1)
-    z_dim: int = 16
-    stride: tuple = (4, 8, 8)
-    patch: int = 1
+    version: str = GEOMETRY.version  # whose latent statistics `normalize_latent` applies (16 channels -> 2.1)
+    z_dim: int = GEOMETRY.latent_channels
+    stride: tuple = GEOMETRY.stride
+    patch: int = GEOMETRY.patch
 
 
 class DemoCodec(nn.Module):
@@ -83,8 +84,9 @@ class DemoCodec(nn.Module):
         t = frames.shape[2]
         pooled = F.avg_pool2d(frames.transpose(1, 2).reshape(b * t, c, h, w), BLOCK)  # [B*T, 3, H/4, W/4]
         folded = F.pixel_unshuffle(pooled, 2)  # [B*T, 12, H/8, W/8], channel = colour * 4 + dy * 2 + dx
-        features = folded.reshape(b, t, COLOUR_CHANNELS, h // 8, w // 8).transpose(1, 2) * GAIN
-        z = torch.cat([features, features.new_zeros(b, self.config.z_dim - COLOUR_CHANNELS, t, h // 8, w // 8)], 1)
+        hl, wl = folded.shape[-2:]
+        features = folded.reshape(b, t, COLOUR_CHANNELS, hl, wl).transpose(1, 2) * GAIN
+        z = torch.cat([features, features.new_zeros(b, self.config.z_dim - COLOUR_CHANNELS, t, hl, wl)], 1)
         if callback is not None:
             callback(1, 1)
         return z if normalized else denormalize_latent(z)
@@ -112,7 +114,8 @@ class DemoCodec(nn.Module):
         b, _, t, h, w = z.shape
         features = z[:, :COLOUR_CHANNELS].transpose(1, 2).reshape(b * t, COLOUR_CHANNELS, h, w) / GAIN
         pooled = F.pixel_shuffle(features, 2)  # [B*T, 3, 2h, 2w]
-        pixels = F.interpolate(pooled, scale_factor=BLOCK, mode="nearest").reshape(b, t, 3, 8 * h, 8 * w)
+        s = self.config.stride[1]
+        pixels = F.interpolate(pooled, scale_factor=BLOCK, mode="nearest").reshape(b, t, 3, s * h, s * w)
         pixels = pixels.transpose(1, 2)  # [B, 3, T, H, W]
         st = self.config.stride[0]
         # latent frame 0 -> video frame 0; every later latent frame -> its group of 4 frames

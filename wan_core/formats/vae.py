@@ -14,7 +14,7 @@ import torch
 
 from ..io.dtypes import FP8_DTYPES
 from ..io.tensor_files import CheckpointError, open_tensor_file, open_weights_folder
-from ..models.vae import VAEConfig, WanVAE, latent_stats
+from ..models.vae import VAE_VERSIONS, VAEConfig, WanVAE, latent_stats
 
 PREFIXES = ("first_stage_model.", "vae.")  # full-checkpoint prefixes that may wrap a VAE
 
@@ -107,10 +107,13 @@ def detect_vae_config(shape_of, names: set, path) -> VAEConfig:
     enc = shape_of("encoder.conv1.weight")[0]
     in_ch = shape_of("encoder.conv1.weight")[1]
     dec = shape_of("decoder.head.2.weight")[1]
-    is_22 = "encoder.downsamples.0.downsamples.0.residual.0.gamma" in names or in_ch == 12
-    if in_ch != (12 if is_22 else 3):
-        raise CheckpointError(f"{path}: encoder input has {in_ch} channels; expected 3 (Wan2.1) or 12 (Wan2.2)")
-    return VAEConfig(version="2.2" if is_22 else "2.1", enc_dim=enc, dec_dim=dec, z_dim=z)
+    by_input = {3 * v.patch ** 2: v for v in VAE_VERSIONS.values()}  # RGB x the pixels folded into channels
+    residual = "encoder.downsamples.0.downsamples.0.residual.0.gamma" in names  # Wan2.2's named stages
+    spec = VAE_VERSIONS["2.2"] if residual else by_input.get(in_ch, VAE_VERSIONS["2.1"])
+    if in_ch != 3 * spec.patch ** 2:
+        expected = " or ".join(f"{c} ({v.name})" for c, v in by_input.items())
+        raise CheckpointError(f"{path}: encoder input has {in_ch} channels; expected {expected}")
+    return VAEConfig(version=spec.version, enc_dim=enc, dec_dim=dec, z_dim=z)
 
 
 def _guess_kind(names) -> str:

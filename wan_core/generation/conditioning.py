@@ -10,8 +10,20 @@
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
+
+from .shapes import check_vae_video_size
+
+FIRST_FRAME_VAE = "2.2"  # the VAE of the model that keeps the start frame as latent frame 0 (TI2V-5B)
+
+
+def keeps_start_frame(vae_config) -> bool:
+    """True for the Wan2.2 VAE (TI2V-5B: the encoded start frame is latent frame 0); False for the
+    Wan2.1 VAE (I2V / FLF2V / Wan2.2 I2V-A14B: y = [mask | image latent])."""
+    return vae_config.version == FIRST_FRAME_VAE
 
 
 def resize_image(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -92,3 +104,33 @@ def clip_features(clip_vision, first: torch.Tensor, last: torch.Tensor | None) -
     images = first if last is None else torch.cat([first, last])
     fea = clip_vision.encode(images)
     return fea.reshape(1, -1, fea.shape[-1])
+
+
+@dataclass
+class ImageToVideoInputs:
+    """What a start (and end) frame gives the sampler. With the Wan2.2 VAE (TI2V-5B): `latent`, the raw
+    latent to sample whose frame 0 is the encoded image, and `noise_mask` (0 = keep, 1 = generate).
+    With the Wan2.1 VAE: `image_latent` (raw) and `known` (1 = given frame), the parts of y."""
+
+    latent: torch.Tensor | None = None
+    noise_mask: torch.Tensor | None = None
+    image_latent: torch.Tensor | None = None
+    known: torch.Tensor | None = None
+
+
+def image_to_video_inputs(vae, first: torch.Tensor, last: torch.Tensor | None, width: int, height: int,
+                          frames: int, *, callback=None) -> ImageToVideoInputs:
+    """Start frame `first` (and end frame `last`), [1, 3, H, W] in [-1, 1] at any size -> the sampler's
+    inputs for a width x height x frames video: checks the size against the VAE, resizes the frames
+    (`resize_image`), then `first_frame_latent` (Wan2.2 VAE) or `image_condition` (Wan2.1 VAE)."""
+    check_vae_video_size(vae.config, width, height, frames)
+    # the VAE gets the bicubic resize (unclamped, as official)
+    first = resize_image(first, height, width)
+    last = None if last is None else resize_image(last, height, width)
+    if keeps_start_frame(vae.config):
+        if last is not None:
+            raise ValueError("end_image: TI2V-5B (Wan2.2 VAE) takes a start image only")
+        latent, mask = first_frame_latent(vae, first, frames, callback=callback)
+        return ImageToVideoInputs(latent=latent, noise_mask=mask)
+    image_latent, known = image_condition(vae, first, last, frames, callback=callback)
+    return ImageToVideoInputs(image_latent=image_latent, known=known)

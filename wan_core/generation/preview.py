@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
+from ..models.vae import VAE_VERSIONS, vae_for_latent
+
 # ComfyUI's preview factors for *normalized* Wan latents (latent_rgb_factors / latent_rgb_factors_bias of
 # its Wan21 and Wan22 latent formats in comfy/latent_formats.py): one row of (R, G, B) weights per latent
 # channel, the output being roughly in [-1, 1]. Numbers only.
@@ -85,19 +87,20 @@ WAN22_RGB_FACTORS = [
 ]
 WAN22_RGB_BIAS = [0.0317, -0.0878, -0.1388]
 
-# latent channels -> (factors [C, 3], bias [3])
+# VAE version -> (factors [C, 3], bias [3])
 RGB_PROJECTIONS = {
-    16: (WAN21_RGB_FACTORS, WAN21_RGB_BIAS),   # Wan2.1 VAE (also the Wan2.2 A14B experts)
-    48: (WAN22_RGB_FACTORS, WAN22_RGB_BIAS),   # Wan2.2 VAE (TI2V-5B)
+    "2.1": (WAN21_RGB_FACTORS, WAN21_RGB_BIAS),   # Wan2.1 VAE (also the Wan2.2 A14B experts)
+    "2.2": (WAN22_RGB_FACTORS, WAN22_RGB_BIAS),   # Wan2.2 VAE (TI2V-5B)
 }
 
 
 def rgb_projection(channels: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """The (factors [C, 3], bias [3]) float32 tensors for a latent with `channels` channels."""
-    if channels not in RGB_PROJECTIONS:
-        raise ValueError(f"latent preview: expected a Wan latent with 16 (Wan2.1) or 48 (Wan2.2) channels, "
-                         f"found {channels}")
-    factors, bias = RGB_PROJECTIONS[channels]
+    spec = vae_for_latent(channels)
+    if spec is None:
+        known = " or ".join(f"{v.latent_channels} ({v.name})" for v in VAE_VERSIONS.values())
+        raise ValueError(f"latent preview: expected a Wan latent with {known} channels, found {channels}")
+    factors, bias = RGB_PROJECTIONS[spec.version]
     return (torch.tensor(factors, dtype=torch.float32, device=device),
             torch.tensor(bias, dtype=torch.float32, device=device))
 

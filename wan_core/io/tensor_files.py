@@ -23,6 +23,14 @@ SAFETENSORS_DTYPES = {
     "BOOL": torch.bool,
 }
 MAX_HEADER_BYTES = 100 * 1024 * 1024
+# model-file suffixes, lower case: what `open_tensor_file` reads (and what the model dropdowns list)
+SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
+PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
+MODEL_SUFFIXES = SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES
+
+
+def is_safetensors(path) -> bool:
+    return Path(path).suffix.lower() in SAFETENSORS_SUFFIXES
 
 
 class CheckpointError(ValueError):
@@ -219,8 +227,8 @@ def open_tensor_file(path: str | os.PathLike):
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
     suffix = path.suffix.lower()
-    if suffix in (".safetensors", ".sft"):
+    if suffix in SAFETENSORS_SUFFIXES:
         return SafetensorsFile(path)
-    if suffix in (".pth", ".pt", ".ckpt", ".bin"):
+    if suffix in PICKLE_SUFFIXES:
         return PickleFile(path)
     raise CheckpointError(f"{path}: unsupported file type {suffix!r}; expected .safetensors, .sft, .pth or .pt")

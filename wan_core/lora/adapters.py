@@ -37,13 +37,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..io.tensor_files import SafetensorsFile
+from ..io.tensor_files import SafetensorsFile, is_safetensors
 from ..io.write import save_safetensors
 from ..models.dit import WanDiT
 from .keys import NATIVE_PREFIX, parse_lora
 from .merge import add_to_parameter
-
-FORMAT_VERSION = "1"
+from .metadata import ALPHA, FORMAT_VERSION, LORA_FORMAT, RANK
 
 # --------------------------------------------------------------------------------------------
 # Trainable adapters
@@ -232,10 +231,10 @@ def save_lora(path, lora, metadata: dict | None = None) -> Path:
     Metadata values are stored as strings (JSON for non-strings). A network adds wanflow.rank,
     wanflow.alpha and the kohya-style ss_network_dim / ss_network_alpha; wanflow.format_version always.
     """
-    defaults = {"wanflow.format_version": FORMAT_VERSION}
+    defaults = {FORMAT_VERSION: LORA_FORMAT}
     if isinstance(lora, LoRANetwork):
         tensors = lora.comfy_state_dict()
-        defaults.update({"wanflow.rank": str(lora.rank), "wanflow.alpha": str(lora.alpha),
+        defaults.update({RANK: str(lora.rank), ALPHA: str(lora.alpha),
                          "ss_network_dim": str(lora.rank), "ss_network_alpha": str(lora.alpha),
                          "ss_network_module": "networks.lora"})
     elif isinstance(lora, dict) and lora and all(isinstance(k, str) and torch.is_tensor(v) for k, v in lora.items()):
@@ -248,7 +247,7 @@ def save_lora(path, lora, metadata: dict | None = None) -> Path:
 
 def read_lora_metadata(path) -> dict:
     """The string metadata of a safetensors LoRA file ({} for other file types)."""
-    if Path(path).suffix.lower() not in (".safetensors", ".sft"):
+    if not is_safetensors(path):
         return {}
     return dict(SafetensorsFile(path).metadata)
 

@@ -14,6 +14,7 @@ import torch.nn as nn
 
 from ..io.dtypes import FP8_DTYPES
 from .keys import _BLOCK, _IMAGE_BRANCH, _KNOWN_WIDTHS, LoraEntry, ParsedLora, parse_lora
+from .metadata import VARIANT
 
 
 @dataclass
@@ -174,7 +175,7 @@ def _metadata_warnings(metadata: dict, cfg) -> list:
     if not variant:
         return []
     warnings = []
-    trained = metadata.get("wanflow.variant")
+    trained = metadata.get(VARIANT)
     if trained and trained != variant:
         warnings.append(f"the LoRA's metadata says it was trained on {trained}; this model is {variant}")
     size, task = _tokens(variant)

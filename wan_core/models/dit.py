@@ -26,6 +26,7 @@ from .layers import CastConv3d, CastLinear
 MODEL_TYPES = ("t2v", "i2v", "flf2v", "ti2v")
 CLIP_DIM = 1280  # width of the CLIP ViT-H features fed to img_emb (fixed by the released models)
 FLF_IMAGE_TOKENS = 514  # 2 images x 257 CLIP tokens
+PATCH_SIZE = (1, 2, 2)  # latent pixels per token (frames, height, width) in every released Wan DiT
 
 
 @dataclass
@@ -43,7 +44,7 @@ class WanConfig:
     freq_dim: int = 256
     text_len: int = 512
     eps: float = 1e-6
-    patch_size: tuple = (1, 2, 2)
+    patch_size: tuple = PATCH_SIZE
     image_branch: bool = False  # Wan2.1 I2V/FLF2V: img_emb + k_img/v_img in every cross-attention
     flf_pos_tokens: int = 0  # FLF2V: length of img_emb.emb_pos (514), else 0
     variant: str = ""  # human-readable release name, e.g. "wan2.1-t2v-1.3b"

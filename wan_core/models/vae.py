@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .dit import PATCH_SIZE as DIT_PATCH_SIZE
 from .vae_tiling import choose_tile, tiled_decode, tiled_encode
 
 # Official per-channel latent statistics (normalized latent = (mu - mean) / std).
@@ -43,15 +44,54 @@ LATENT_STD = {
             0.6866, 0.4093, 0.5709, 0.6065, 0.6415, 0.4944, 0.5726, 1.2042, 0.5458, 1.6887,
             0.3971, 1.0600, 0.3943, 0.5537, 0.5444, 0.4089, 0.7468, 0.7744],
 }
-RELEASED = {  # widths of the released files: version -> (encoder dim, decoder dim, z_dim)
-    "2.1": (96, 96, 16),
-    "2.2": (160, 256, 48),
+
+
+@dataclass(frozen=True)
+class VAEVersion:
+    """One released Wan VAE: the one home of its latent geometry. Everything else that needs latent
+    channels, strides or the pixel patch (latent shapes, bucket sizes, previews, the demo codec,
+    error messages) reads it from `VAE_VERSIONS` / `vae_for_latent`."""
+
+    version: str                  # "2.1" | "2.2": the key of the latent statistics
+    name: str                     # "Wan2.1": how messages name it
+    latent_channels: int          # z_dim
+    stride: tuple[int, int, int]  # pixels per latent pixel: (frames, height, width)
+    patch: int                    # pixels per side folded into channels before the encoder
+    enc_dim: int                  # encoder / decoder widths of the released file
+    dec_dim: int
+
+    @property
+    def size_multiple(self) -> int:
+        """Width and height must be multiples of this: VAE stride x DiT patch."""
+        return self.stride[1] * DIT_PATCH_SIZE[1]
+
+    def describe(self) -> str:
+        """'Wan2.1 VAE (16 latent channels)'."""
+        return f"{self.name} VAE ({self.latent_channels} latent channels)"
+
+
+VAE_VERSIONS = {
+    "2.1": VAEVersion("2.1", "Wan2.1", latent_channels=16, stride=(4, 8, 8), patch=1, enc_dim=96, dec_dim=96),
+    "2.2": VAEVersion("2.2", "Wan2.2", latent_channels=48, stride=(4, 16, 16), patch=2, enc_dim=160, dec_dim=256),
 }
+LATENT_VERSIONS = {v.latent_channels: k for k, v in VAE_VERSIONS.items()}  # latent channels -> VAE version
+SIZE_MULTIPLE = min(v.size_multiple for v in VAE_VERSIONS.values())  # what any Wan VAE accepts (16)
+
+
+def vae_for_latent(channels: int) -> VAEVersion | None:
+    """The VAE whose latents have `channels` channels (None for any other count)."""
+    version = LATENT_VERSIONS.get(channels)
+    return None if version is None else VAE_VERSIONS[version]
+
+
+def latent_channel_choices() -> str:
+    """'16 or 48': the channel counts of Wan video latents, for messages."""
+    return " or ".join(str(c) for c in LATENT_VERSIONS)
 
 
 @dataclass(frozen=True)
 class VAEConfig:
-    version: str = "2.1"          # "2.1" or "2.2"
+    version: str = "2.1"          # a key of VAE_VERSIONS
     enc_dim: int = 96
     dec_dim: int = 96
     z_dim: int = 16
@@ -59,25 +99,37 @@ class VAEConfig:
     num_res_blocks: int = 2
     temporal_down: tuple = (False, True, True)
 
+    def __post_init__(self):
+        spec = VAE_VERSIONS.get(self.version)
+        if spec is None:
+            raise ValueError(f"VAE version must be one of {list(VAE_VERSIONS)}, found {self.version!r}")
+        s = spec.patch * 2 ** (len(self.dim_mult) - 1)
+        if (2 ** sum(self.temporal_down), s, s) != spec.stride:  # the resamplers must give the version's stride
+            raise ValueError(f"VAE dim_mult {self.dim_mult} / temporal_down {self.temporal_down} do not give the "
+                             f"{spec.name} VAE's stride {spec.stride}")
+
+    @property
+    def spec(self) -> VAEVersion:
+        return VAE_VERSIONS[self.version]
+
     @property
     def patch(self) -> int:
         """Pixel patchify factor applied before the encoder (Wan2.2 folds 2x2 pixels into channels)."""
-        return 2 if self.version == "2.2" else 1
+        return self.spec.patch
 
     @property
     def stride(self) -> tuple[int, int, int]:
-        s = self.patch * 2 ** (len(self.dim_mult) - 1)
-        return (2 ** sum(self.temporal_down), s, s)
+        return self.spec.stride
 
     @property
     def width_ratio(self) -> float:
         """Decoder width against the released file's (tiny test models are narrower)."""
-        return self.dec_dim / RELEASED[self.version][1]
+        return self.dec_dim / self.spec.dec_dim
 
     @classmethod
     def released(cls, version: str) -> "VAEConfig":
-        enc, dec, z = RELEASED[version]
-        return cls(version=version, enc_dim=enc, dec_dim=dec, z_dim=z)
+        spec = VAE_VERSIONS[version]
+        return cls(version=version, enc_dim=spec.enc_dim, dec_dim=spec.dec_dim, z_dim=spec.latent_channels)
 
 
 class CausalConv3d(nn.Conv3d):
@@ -460,8 +512,8 @@ class WanVAE(nn.Module):
         z = self.config.z_dim
         if not torch.is_tensor(latent) or latent.ndim != 5 or latent.shape[1] != z:
             found = tuple(latent.shape) if torch.is_tensor(latent) else type(latent).__name__
-            other = {16: "Wan2.1", 48: "Wan2.2"}.get(latent.shape[1] if torch.is_tensor(latent) and latent.ndim == 5 else -1)
-            hint = f" (a {other} latent: use the {other} VAE)" if other else ""
+            other = vae_for_latent(latent.shape[1] if torch.is_tensor(latent) and latent.ndim == 5 else -1)
+            hint = f" (a {other.name} latent: use the {other.name} VAE)" if other else ""
             raise ValueError(f"VAE decode: expected a latent [B, {z}, T, h, w] for the Wan{self.config.version} VAE, "
                              f"found {found}{hint}")
 
@@ -553,7 +605,8 @@ class WanVAE(nn.Module):
         """A clear error when this VAE cannot serve the given DiT (e.g. a 2.2 VAE with a 2.1 model)."""
         out_dim = dit_config.out_dim
         if out_dim != self.config.z_dim:
-            need = {16: "Wan2.1 VAE (16 latent channels)", 48: "Wan2.2 VAE (48 latent channels)"}.get(out_dim, f"{out_dim}-channel VAE")
+            spec = vae_for_latent(out_dim)
+            need = spec.describe() if spec else f"{out_dim}-channel VAE"
             variant = getattr(dit_config, "variant", "") or dit_config.model_type
             raise ValueError(f"the DiT ({variant}) works on {out_dim}-channel latents and needs the {need}; "
                              f"found the Wan{self.config.version} VAE ({self.config.z_dim} channels)")
@@ -572,14 +625,12 @@ def _triple(v) -> tuple:
     return tuple(v) if isinstance(v, (tuple, list)) else (v, v, v)
 
 
-LATENT_VERSIONS = {16: "2.1", 48: "2.2"}  # latent channels -> the VAE whose statistics apply
-
-
 def _stats_for(latent: torch.Tensor):
-    version = LATENT_VERSIONS.get(latent.shape[1]) if latent.ndim == 5 else None
-    if version is None:
-        raise ValueError(f"expected a Wan video latent [B, 16 or 48, T, h, w]; found shape {tuple(latent.shape)}")
-    mean, inv_std = latent_stats(VAEConfig.released(version))
+    spec = vae_for_latent(latent.shape[1]) if latent.ndim == 5 else None
+    if spec is None:
+        raise ValueError(f"expected a Wan video latent [B, {latent_channel_choices()}, T, h, w]; "
+                         f"found shape {tuple(latent.shape)}")
+    mean, inv_std = latent_stats(VAEConfig.released(spec.version))
     return mean.to(latent.device, latent.dtype), inv_std.to(latent.device, latent.dtype)
 
 

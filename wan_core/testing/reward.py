@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from ..io.tensor_files import is_safetensors
 from ..io.write import atomic_write, save_safetensors
 from ..rewards.clip import EOT_TOKEN, SOT_TOKEN, CLIPReward, load_clip_tokenizer
 from .dit import randomize_
@@ -162,7 +163,7 @@ def save_open_clip_checkpoint(model, path: str | Path, *, wrap: bool = True, mod
         sd = {k: v.to(dtype) for k, v in sd.items()}
     if module_prefix:
         sd = {f"module.{k}": v for k, v in sd.items()}
-    if path.suffix.lower() in (".safetensors", ".sft"):
+    if is_safetensors(path):
         return save_safetensors(sd, path)
     obj = {"state_dict": sd, "epoch": torch.tensor(1)} if wrap else sd
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))

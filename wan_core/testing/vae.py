@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import torch
 
-from ..models.vae import VAEConfig, WanVAE
+from ..models.vae import VAE_VERSIONS, VAEConfig, WanVAE
 
 TINY_WIDTHS = {"2.1": (8, 8), "2.2": (8, 12)}  # (encoder dim, decoder dim)
 
 
 def tiny_vae_config(version: str = "2.1") -> VAEConfig:
     enc, dec = TINY_WIDTHS[version]
-    return VAEConfig(version=version, enc_dim=enc, dec_dim=dec, z_dim=16 if version == "2.1" else 48)
+    return VAEConfig(version=version, enc_dim=enc, dec_dim=dec, z_dim=VAE_VERSIONS[version].latent_channels)
 
 
 def randomize_vae_(vae: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -41,6 +41,6 @@ def diffusers_vae_kwargs(cfg: VAEConfig) -> dict:
               temperal_downsample=list(cfg.temporal_down), latents_mean=LATENT_MEAN[cfg.version],
               latents_std=LATENT_STD[cfg.version])
     if cfg.version == "2.2":
-        kw.update(decoder_base_dim=cfg.dec_dim, is_residual=True, in_channels=12, out_channels=12, patch_size=2,
-                  scale_factor_spatial=16)
+        kw.update(decoder_base_dim=cfg.dec_dim, is_residual=True, in_channels=3 * cfg.patch ** 2,
+                  out_channels=3 * cfg.patch ** 2, patch_size=cfg.patch, scale_factor_spatial=cfg.stride[1])
     return kw

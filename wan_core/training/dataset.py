@@ -37,10 +37,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..models.vae import SIZE_MULTIPLE  # 16: Wan2.1 VAE stride 8 x DiT patch 2; the latent cache checks 32 for Wan2.2
+
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mov", ".mkv", ".gif")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 SHORT_VIDEO_POLICIES = ("shorten", "skip")
-SIZE_MULTIPLE = 16  # VAE stride 8 x DiT patch 2 (Wan2.1); Wan2.2 needs 32, checked when encoding
 KOHYA_FOLDER = re.compile(r"^(\d+)_(.+)$")
 
 

@@ -36,8 +36,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from ..generation.conditioning import clip_features, concat_y, image_condition
+from ..generation.conditioning import clip_features, concat_y, image_condition, keeps_start_frame
 from ..io.write import atomic_write, save_safetensors
+from ..models.dit import PATCH_SIZE as DIT_PATCH_SIZE
 from .dataset import DatasetError, MediaError, check_bucket_sizes
 
 FORMAT_VERSION = 1
@@ -183,10 +184,10 @@ def _load_valid(path: Path, expected: dict) -> dict | None:
 
 
 def _check_models(vae, image_conditioning: bool, clip_vision, buckets) -> None:
-    stride = vae.config.stride[1]
+    stride, patch = vae.config.stride[1], DIT_PATCH_SIZE[1]
     version = getattr(vae.config, "version", "?")
-    check_bucket_sizes(buckets, 2 * stride, f" for the Wan{version} VAE (stride {stride} x DiT patch 2)")
-    if image_conditioning and vae.config.z_dim != 16:
+    check_bucket_sizes(buckets, patch * stride, f" for the Wan{version} VAE (stride {stride} x DiT patch {patch})")
+    if image_conditioning and keeps_start_frame(vae.config):
         raise ValueError(f"image conditioning (y = mask + first-frame latent) is for the Wan2.1 VAE (I2V, FLF2V, "
                          f"Wan2.2 I2V-A14B); found the Wan{version} VAE with {vae.config.z_dim} channels. Wan2.2 "
                          f"TI2V-5B trains on the plain latent (its first frame is the image)")
@@ -265,9 +266,7 @@ class _Builder:
                           item.repeats)
 
     def latent_shapes(self, bucket) -> dict:
-        z = self.vae.config.z_dim
-        st, s, _ = self.vae.config.stride
-        dims = (1 + (bucket.frames - 1) // st, bucket.height // s, bucket.width // s)
+        z, *dims = self.vae.latent_shape((1, 3, bucket.frames, bucket.height, bucket.width))[1:]
         shapes = {"latent": (z, *dims)}
         if self.image_conditioning:
             shapes["y"] = (4 + z, *dims)
@@ -347,3 +346,24 @@ def load_latent_cache(cache_dir) -> CachedLatents:
         reasons = "; ".join(f"{p}: {why}" for p, why in skipped) or "the index lists none"
         raise DatasetError(f"{path}: no usable entries ({reasons})")
     return CachedLatents(cache_dir, entries, skipped)
+
+
+def check_latents_fit_model(latents, config) -> None:
+    """A clear error when cached latents (CachedLatents, or any dataset whose [i] gives "latent",
+    "context" and optional "y" / "clip_fea") cannot train the DiT with WanConfig `config`: latent and
+    y channels, text width, CLIP features. Reads the first item only (a cache is built with one set of
+    models)."""
+    sample = latents[0]
+    latent, y = sample["latent"], sample.get("y")
+    channels = latent.shape[0] + (y.shape[0] if y is not None else 0)
+    if latent.shape[0] != config.out_dim or channels != config.in_dim:
+        need = "with image conditioning (y) " if config.in_dim != config.out_dim and config.model_type != "ti2v" else ""
+        raise ValueError(f"the latents have {latent.shape[0]} channels"
+                         f"{' + ' + str(y.shape[0]) + ' of y' if y is not None else ''}, "
+                         f"but {config.variant or 'the model'} takes {config.in_dim} input channels: cache the "
+                         f"latents {need}with this model's VAE")
+    if sample["context"].shape[-1] != config.text_dim:
+        raise ValueError(f"the latents' text embeddings are {sample['context'].shape[-1]} wide, the model takes "
+                         f"{config.text_dim}: cache them with this model's text encoder")
+    if config.image_branch and sample.get("clip_fea") is None:
+        raise ValueError(f"{config.variant} needs CLIP image features: cache the latents with a CLIP vision model")
