@@ -186,7 +186,7 @@ def timed_step(trainer, device) -> tuple[float, float, float]:
     machine: other jobs stretch the wall time of a step more than the work this process does."""
     sync(device)
     t0, c0 = time.perf_counter(), time.process_time()
-    loss = trainer.train_step()
+    loss = trainer.train_step().loss
     sync(device)
     return time.perf_counter() - t0, time.process_time() - c0, loss
 

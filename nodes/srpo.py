@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from ..wan_core.generation.defaults import default_negative_prompt
+from ..wan_core.lora import metadata as meta
 from ..wan_core.lora.adapters import save_lora
 from ..wan_core.rewards.srpo import (
     NEGATIVE_WORDS,
@@ -16,6 +17,7 @@ from ..wan_core.rewards.srpo import (
     reward_curve_image,
     train_srpo,
 )
+from ..wan_core.training.run import StopReason
 from .comfy_bridge import confined_path, progress_callback, progress_text, refresh_file_list, save_folder
 from .lora import model_with_lora
 from .models import MODEL_TYPES, dit_config, load_dit
@@ -174,9 +176,10 @@ class WanFlowSRPOTrain:
 
         bar = progress_callback()
 
-        def on_step(step, total, loss, score, evaluation):
-            note = f" · held-out reward {evaluation.reward:.4f}" if evaluation is not None else ""
-            progress_text(f"step {step}/{total} · loss {loss:.4f} · score {score:.4f}{note}")
+        def on_step(step, total, metrics):
+            reward = metrics.extra.get("heldout_reward")
+            note = f" · held-out reward {reward:.4f}" if reward is not None else ""
+            progress_text(f"step {step}/{total} · loss {metrics.loss:.4f} · score {metrics.extra['score']:.4f}{note}")
             if bar is not None:
                 bar(step, total)
 
@@ -184,19 +187,19 @@ class WanFlowSRPOTrain:
         result = train_srpo(Rollout(source, codec, negative, high), reward, train_prompts, heldout, config,
                             decode_tile=tile, state_dir=state_dir(output_name, "_srpo"), callback=on_step)
         try:
-            if result.stopped and result.stopped.startswith("non-finite"):
+            if result.stopped is not None and result.stopped.reason is StopReason.NON_FINITE:
                 raise RuntimeError(f"SRPO stopped: {result.stopped}. Lower the learning rate; the saved state "
                                    "resumes from the last good step.")
             summary = _summary(result)
-            metadata = {"wanflow.base_model": _model_name(model), "wanflow.variant": source.config.variant,
-                        "wanflow.steps": str(result.steps_done), "wanflow.srpo.best_step": str(result.best_step),
-                        "wanflow.srpo.summary": summary}
+            metadata = {meta.BASE_MODEL: _model_name(model), meta.VARIANT: source.config.variant,
+                        meta.STEPS: str(result.steps_done), meta.SRPO_BEST_STEP: str(result.best_step),
+                        meta.SRPO_SUMMARY: summary}
             if mode == "lora":
                 lora_sd = result.network.comfy_state_dict()
                 path = confined_path(save_folder("loras"), output_name, ".safetensors")
-                save_lora(path, lora_sd, metadata={**metadata, "wanflow.rank": str(lora_rank),
-                                                   "wanflow.alpha": str(config.lora_alpha),
-                                                   "wanflow.targets": config.lora_targets})
+                save_lora(path, lora_sd, metadata={**metadata, meta.RANK: str(lora_rank),
+                                                   meta.ALPHA: str(config.lora_alpha),
+                                                   meta.TARGETS: config.lora_targets})
                 refresh_file_list("loras")
                 out_model = model_with_lora(model, lora_sd, 1.0)[0]
             else:
@@ -219,3 +222,7 @@ def _summary(result) -> str:
     if result.stopped:
         lines.append(f"stopped early: {result.stopped}")
     return "\n".join(lines)
+
+
+NODE_CLASS_MAPPINGS = {"WanFlowSRPOTrain": WanFlowSRPOTrain}
+NODE_DISPLAY_NAME_MAPPINGS = {"WanFlowSRPOTrain": "WanFlow SRPO Train"}

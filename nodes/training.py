@@ -14,9 +14,10 @@ import torch
 
 from ..wan_core.generation.pipeline import Conditioning, generate, seeded_noise
 from ..wan_core.io.write import save_safetensors
+from ..wan_core.lora import metadata as meta
 from ..wan_core.lora.adapters import save_lora
 from ..wan_core.training.flow_matching import LOSS_WEIGHTINGS, SIGMA_SAMPLINGS, TrainConfig, expert_sigma_ranges, train
-from ..wan_core.training.plots import loss_curve_image
+from ..wan_core.training.plots import loss_curve_image, metrics_image
 from .comfy_bridge import (
     ModelHandle,
     confined_path,
@@ -112,10 +113,10 @@ class TrainingRun:
         if config.image_branch and sample.get("clip_fea") is None:
             raise ValueError(f"{config.variant} needs CLIP image features: cache the latents with a CLIP vision model")
 
-    def on_step(self, step: int, total: int, loss: float) -> None:
-        self.losses.append(loss)
+    def on_step(self, step: int, total: int, metrics) -> None:
+        self.losses.append(metrics.loss)
         done = self.offset + step
-        progress_text(f"step {done}/{self.total} · loss {loss:.5f}")
+        progress_text(f"step {done}/{self.total} · loss {metrics.loss:.5f} · grad norm {metrics.grad_norm:.3g}")
         if self.bar is not None:
             every = max(1, self.total // 100)  # a fresh loss curve ~100 times a run, not every step
             state = (self.losses,) if done % every == 0 or done == self.total else ()
@@ -175,9 +176,10 @@ def pil_image(image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0)[None]
 
 
-def loss_image(losses) -> torch.Tensor:
-    """The loss curve as an IMAGE [1, H, W, 3]."""
-    return pil_image(loss_curve_image(list(losses)))
+def metrics_plot(history) -> torch.Tensor:
+    """The per-step metrics (loss, gradient norm, learning rate, |v_pred|/|v_target|, cosine) as an
+    IMAGE [1, H, W, 3]."""
+    return pil_image(metrics_image(history))
 
 
 def full_finetune_copy(model) -> torch.nn.Module:
@@ -263,7 +265,7 @@ class WanFlowTrainLoRA:
         run = TrainingRun(latents, steps * len(experts), kw)
         for _, m, _ in experts:
             run.check_model(dit_config(m))
-        paths, outputs, networks, curve = [], [], [], []
+        paths, outputs, networks, history = [], [], [], []
         high = None
         try:
             for tag, m, sigma_range in experts:
@@ -287,14 +289,14 @@ class WanFlowTrainLoRA:
                 lora_sd = result.network.comfy_state_dict()
                 path = confined_path(save_folder("loras"), output_name + tag, ".safetensors")
                 save_lora(path, lora_sd, metadata={
-                    "wanflow.base_model": _model_name(m), "wanflow.variant": dit.config.variant,
-                    "wanflow.rank": str(rank), "wanflow.alpha": str(alpha), "wanflow.steps": str(result.steps_done),
-                    "wanflow.targets": targets, "wanflow.sigma_range": f"{sigma_range[0]},{sigma_range[1]}",
-                    "wanflow.expert": tag.strip("_") or "single",
+                    meta.BASE_MODEL: _model_name(m), meta.VARIANT: dit.config.variant,
+                    meta.RANK: str(rank), meta.ALPHA: str(alpha), meta.STEPS: str(result.steps_done),
+                    meta.TARGETS: targets, meta.SIGMA_RANGE: f"{sigma_range[0]},{sigma_range[1]}",
+                    meta.EXPERT: tag.strip("_") or "single",
                 })
                 paths.append(str(path))
                 outputs.append(model_with_lora(m, lora_sd, 1.0)[0])
-                curve += result.losses
+                history += result.history
                 high = dit
                 run.offset += steps
         finally:  # the hooks only served training (and validation); the outputs carry the LoRAs
@@ -304,7 +306,7 @@ class WanFlowTrainLoRA:
         low_out = outputs[1] if len(outputs) > 1 else None
         text = "\n".join(paths)
         images = run.validation_images()
-        return {"ui": {"text": [text]}, "result": (outputs[0], low_out, text, loss_image(curve), images)}
+        return {"ui": {"text": [text]}, "result": (outputs[0], low_out, text, metrics_plot(history), images)}
 
 
 class WanFlowTrainFull:
@@ -347,7 +349,11 @@ class WanFlowTrainFull:
                                "the saved state resumes from the last good step.")
         run.final_validation(validate, result.steps_done)
         handle, path = save_full_model(dit, output_name, save_dtype, {
-            "wanflow.base_model": _model_name(model), "wanflow.variant": dit.config.variant,
-            "wanflow.steps": str(result.steps_done)})
+            meta.BASE_MODEL: _model_name(model), meta.VARIANT: dit.config.variant,
+            meta.STEPS: str(result.steps_done)})
         images = run.validation_images()
-        return {"ui": {"text": [str(path)]}, "result": (handle, str(path), loss_image(result.losses), images)}
+        return {"ui": {"text": [str(path)]}, "result": (handle, str(path), metrics_plot(result.history), images)}
+
+
+NODE_CLASS_MAPPINGS = {"WanFlowTrainLoRA": WanFlowTrainLoRA, "WanFlowTrainFull": WanFlowTrainFull}
+NODE_DISPLAY_NAME_MAPPINGS = {"WanFlowTrainLoRA": "WanFlow Train LoRA", "WanFlowTrainFull": "WanFlow Train Full"}

@@ -83,8 +83,8 @@ def test_interrupted_lora_training_resumes_to_the_same_file(folders, monkeypatch
     class Interrupted(Exception):
         pass
 
-    def stop_at_2(self, step, total, loss):
-        real(self, step, total, loss)
+    def stop_at_2(self, step, total, metrics):
+        real(self, step, total, metrics)
         if step == 2:
             raise Interrupted()
     monkeypatch.setattr(training_nodes.TrainingRun, "on_step", stop_at_2)

@@ -18,10 +18,10 @@ from wan_core.training.flow_matching import (
     expert_sigma_ranges,
     flow_matching_loss,
     learning_rate_factor,
-    load_state,
     sample_sigmas,
     train,
 )
+from wan_core.training.run import StopReason, load_state
 
 LATENT = (16, 2, 4, 4)
 
@@ -231,7 +231,7 @@ def test_grad_accumulation_equals_the_bigger_batch():
     tb = Trainer(b, ToyLatents(), quick(batch_size=2, grad_accum=2, lr_schedule="constant"))
     ta.micro_batch = lambda: big
     tb.micro_batch = lambda: next(halves)
-    la, lb = ta.train_step(), tb.train_step()
+    la, lb = ta.train_step().loss, tb.train_step().loss
     assert la == pytest.approx(lb, rel=1e-5)
     # Adam's first step is ~lr·sign(grad), too sensitive to compare: compare the (clipped) gradients
     grads_a = {n: p.grad for n, p in a.named_parameters()}
@@ -248,13 +248,13 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
     class Stop(Exception):
         pass
 
-    def interrupt_at_3(step, total, loss):
+    def interrupt_at_3(step, total, metrics):
         if step == 3:
             raise Stop()
     first = small_model()
     with pytest.raises(Stop):
         train(first, ToyLatents(), cfg, state_dir=tmp_path, callback=interrupt_at_3)
-    assert load_state(tmp_path)["step"] == 3
+    assert load_state(tmp_path, STATE_FILE)["step"] == 3
 
     resumed = small_model()  # a fresh process would start from the base weights again
     r_resumed = train(resumed, ToyLatents(), cfg, state_dir=tmp_path)
@@ -275,10 +275,11 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_state(tmp_path):
     model = small_model()
     # the poisoned item shows up in some batch: training must stop there, not crash or step with NaN
     result = train(model, data, quick(steps=50, save_every=1), state_dir=tmp_path)
-    assert result.stopped is not None and "non-finite" in result.stopped
+    assert result.stopped is not None and result.stopped.reason is StopReason.NON_FINITE
+    assert "non-finite loss" in result.stopped.message
     assert result.steps_done < 50
     assert all(math.isfinite(p.float().sum().item()) for p in model.parameters())
-    state = load_state(tmp_path)
+    state = load_state(tmp_path, STATE_FILE)
     assert state["step"] == result.steps_done == result.checkpoint_step
     for n, p in model.named_parameters():
         assert torch.equal(state["trainable"][n], p.detach()), n
@@ -298,7 +299,7 @@ def test_disk_full_on_save_keeps_the_previous_state(tmp_path, monkeypatch):
     assert (tmp_path / STATE_FILE).read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == [STATE_FILE]  # no temp file left behind
     monkeypatch.undo()
-    assert load_state(tmp_path)["step"] == 2
+    assert load_state(tmp_path, STATE_FILE)["step"] == 2
 
 
 def test_empty_dataset_is_a_clear_error():

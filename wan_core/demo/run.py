@@ -214,9 +214,9 @@ def run_demo(out, *, seed: int = 0, steps: int | None = None, quick: bool = Fals
 
     every = max(1, settings.steps // 10)
 
-    def progress(step, total, loss):
+    def progress(step, total, metrics):
         if step % every == 0 or step == total:
-            log(f"  step {step:5d}/{total}  loss {loss:.4f}  {time.perf_counter() - started:6.1f} s")
+            log(f"  step {step:5d}/{total}  loss {metrics.loss:.4f}  {time.perf_counter() - started:6.1f} s")
 
     result = train(model, dataset, train_config(settings, seed), callback=progress)
     if result.stopped:

@@ -31,10 +31,7 @@ Reward hacking sets in after a few dozen steps, so these are part of the method,
 """
 from __future__ import annotations
 
-import math
-import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -43,6 +40,19 @@ import torch.nn.functional as F
 from ..generation.pipeline import Conditioning, generate
 from ..sampling.solvers import official_timestep
 from ..training.distributed import average_gradients, world
+from ..training.flow_matching import LORA_TARGETS, SAVE_DTYPES
+from ..training.run import (
+    NonFiniteError,
+    ResumableTrainer,
+    StepMetrics,
+    Stop,
+    StopReason,
+    check_finite,
+    grad_norm,
+    load_state,
+    run_resumable,
+)
+from ..training.settings import check_settings, setting
 from .base import saturation
 
 # the official SRPO's control words (realism vs. "CG / oily" look), cycled by step
@@ -50,63 +60,76 @@ POSITIVE_WORDS = ("Natural-lighting", "Detail", "Detailed", "Real")
 NEGATIVE_WORDS = ("Concept art", "Painting", "Anime", "Flat", "Oil")
 BRANCHES = ("both", "denoise")
 STATE_FILE = "srpo_state.pt"
-STATE_FORMAT = 1
+STATE_FORMAT = 2  # 2: per-step metrics history (format 1 kept losses and scores)
 
 
 @dataclass
 class SRPOConfig:
-    """Everything that shapes an SRPO run (saved with the state, so a resume can check it)."""
+    """Everything that shapes an SRPO run (saved with the state, so a resume can check it).
+    Each field's help, range and choices are declared here once (`training.settings`)."""
 
-    mode: str = "lora"  # lora | full
-    steps: int = 100  # optimizer steps (one rollout, one pass per branch)
-    learning_rate: float = 1e-4
-    weight_decay: float = 1e-4
-    betas: tuple = (0.9, 0.999)
-    max_grad_norm: float = 1.0  # 0 = no clipping
-    lora_rank: int = 16
-    lora_alpha: float = 16.0
-    lora_targets: str = "attention+ffn"
-    precision: str = "bf16"  # bf16: autocast over fp32 master weights (CUDA); fp32: none
-    gradient_checkpointing: bool = True
+    mode: str = setting("lora", "lora (saved to models/loras) or full fine-tune (models/diffusion_models).",
+                        choices=("lora", "full"), node="main")
+    steps: int = setting(100, "Optimizer steps (one rollout, one pass per branch).", min=1, max=1_000_000, node="main")
+    learning_rate: float = setting(1e-4, "AdamW learning rate.", min=1e-9, max=1.0, step=1e-6, node="main")
+    weight_decay: float = setting(1e-4, "AdamW weight decay.", min=0.0, max=10.0, step=1e-4)
+    betas: tuple = setting((0.9, 0.999), "AdamW betas.", min=0.0, max=0.999999, node="none")
+    max_grad_norm: float = setting(1.0, "Gradient clipping (0 = off).", min=0.0, max=1e6, step=0.01)
+    lora_rank: int = setting(16, "LoRA rank.", min=1, max=1024, node="main")
+    lora_alpha: float = setting(16.0, "LoRA scale is alpha / rank.", min=0.01, max=4096.0, step=0.5)
+    lora_targets: str = setting("attention+ffn", "Which linear layers get a LoRA: a preset or glob patterns.",
+                                presets=LORA_TARGETS)
+    precision: str = setting("bf16", "bf16 autocast over fp32 master weights (CUDA), or fp32.", choices=("bf16", "fp32"))
+    gradient_checkpointing: bool = setting(True, "Recompute each block in the backward pass.")
     # the image and its rollout
-    width: int = 512
-    height: int = 512
-    rollout_steps: int = 20
-    rollout_shift: float = 5.0
-    guidance: float = 4.0  # CFG of the trained model during rollout
-    guidance_high: float = 4.0  # the high-noise expert's, when one does the rollout's high-σ steps
-    boundary: float = 0.875  # Wan2.2 A14B T2V expert switch (σ)
+    width: int = setting(512, "Image width (a multiple of 16).", min=16, max=4096, step=16, node="main")
+    height: int = setting(512, "Image height (a multiple of 16).", min=16, max=4096, step=16, node="main")
+    rollout_steps: int = setting(20, "Euler steps of each rollout.", min=1, max=1000)
+    rollout_shift: float = setting(5.0, "σ shift of the rollout grid.", min=0.01, max=100.0, step=0.1)
+    guidance: float = setting(4.0, "Rollout CFG of the trained model (1 = none).", min=1.0, max=30.0, step=0.1)
+    guidance_high: float = setting(4.0, "Rollout CFG of the high-noise expert, when one does the rollout's "
+                                   "high-σ steps.", min=1.0, max=30.0, step=0.1)
+    boundary: float = setting(0.875, "Wan2.2 A14B expert switch (σ).", min=0.01, max=0.99, step=0.005)
     # Direct-Align
-    sigma_window: tuple = (0.5, 0.85)  # (low, high): inside the low-noise expert's range (< 0.875)
-    grid_points: int = 1000  # the window is a grid of this many σ, high to low
-    delta_fraction: float = 0.1  # Δ = this fraction of the grid, in grid steps (+1, as the official)
-    edge_margin: int = 5  # σ* is drawn from grid indices [margin, points - 1 - margin]
-    branches: str = "both"  # both (denoise + inversion) | denoise
+    sigma_window: tuple = setting((0.5, 0.85), "The σ window the target σ* is drawn from (low, high); keep it below "
+                                  "the A14B boundary 0.875 for the low-noise expert.", min=0.001, max=0.999, step=0.005)
+    grid_points: int = setting(1000, "The window is a grid of this many σ, high to low.", min=3, max=100_000)
+    delta_fraction: float = setting(0.1, "Δσ as a fraction of the window, in grid steps (shrunk at the edges).",
+                                    min=0.001, max=0.49, step=0.01)
+    edge_margin: int = setting(5, "σ* is drawn from grid indices [margin, points - 1 - margin].", min=0, max=10_000)
+    branches: str = setting("both", "both = denoise + inversion (needs srp); denoise only.", choices=BRANCHES)
     # Semantic Relative Preference
-    srp: bool = True
-    positive_words: tuple = POSITIVE_WORDS
-    negative_words: tuple = NEGATIVE_WORDS
-    discount_denoise: tuple = (0.1, 0.25)  # κ at the window's low σ end, at its high σ end
-    discount_inversion: tuple = (0.3, 0.01)
-    hinge: float = 0.7  # τ in ReLU(τ − score)
+    srp: bool = setting(True, "Semantic Relative Preference (control words). Off: the plain reward.")
+    positive_words: tuple = setting(POSITIVE_WORDS, "Control words the reward should prefer (prefixed to the "
+                                    "reward's text only, cycled by step).")
+    negative_words: tuple = setting(NEGATIVE_WORDS, "Control words the reward should move away from.")
+    discount_denoise: tuple = setting((0.1, 0.25), "κ of the denoise branch at the window's low σ end and at its "
+                                      "high σ end (linear between).", min=0.0, max=10.0, step=0.01)
+    discount_inversion: tuple = setting((0.3, 0.01), "κ of the inversion branch at the window's low and high σ ends.",
+                                        min=0.0, max=10.0, step=0.01)
+    hinge: float = setting(0.7, "τ in the loss ReLU(τ − score).", min=-10.0, max=10.0, step=0.05)
     # held-out evaluation and the stop rule
-    eval_every: int = 10
-    max_saturation_rise: float = 0.1  # mean per-pixel RGB spread, in [0, 1] pixel units
-    max_channel_shift: float = 1.0  # |Δ mean| of any latent channel, in its std before training
-    max_fm_loss_ratio: float = 1.5  # flow-matching loss on held-out latents vs. before training
-    patience: int = 0  # evaluations without a better held-out reward before stopping (0 = never)
-    keep: str = "best"  # best: end with the best in-bounds evaluated weights | last: the final weights
-    seed: int = 0
-    save_every: int = 0  # steps between resumable states (0: at the end / on interrupt only)
+    eval_every: int = setting(10, "Steps between held-out evaluations (0: only at the end).", min=0, max=1_000_000)
+    max_saturation_rise: float = setting(0.1, "Stop when the held-out images' saturation (mean per-pixel RGB spread, "
+                                         "pixel units) rises more than this.", min=0.0, max=1.0, step=0.005)
+    max_channel_shift: float = setting(1.0, "Stop when a latent channel's mean moves more than this many of its std "
+                                       "before training.", min=0.0, max=1000.0, step=0.05)
+    max_fm_loss_ratio: float = setting(1.5, "Stop when the flow-matching loss on held-out latents grows by this "
+                                       "factor.", min=1.0, max=1000.0, step=0.05)
+    patience: int = setting(0, "Stop after this many evaluations without a better held-out reward (0 = never).",
+                            min=0, max=100_000)
+    keep: str = setting("best", "End with the best in-bounds evaluated weights, or the last ones.",
+                        choices=("best", "last"))
+    seed: int = setting(0, "Fixes the noise, σ* draws, prompt order and LoRA init.", min=0, max=2 ** 64 - 1,
+                        node="main")
+    save_every: int = setting(0, "Steps between resumable states (0: at the end and on interrupt only).", min=0,
+                              max=1_000_000)
 
     def __post_init__(self):
         for name in ("betas", "sigma_window", "positive_words", "negative_words", "discount_denoise",
                      "discount_inversion"):
             setattr(self, name, tuple(getattr(self, name)))
-        for name, value, allowed in (("mode", self.mode, ("lora", "full")), ("branches", self.branches, BRANCHES),
-                                     ("precision", self.precision, ("bf16", "fp32")), ("keep", self.keep, ("best", "last"))):
-            if value not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        check_settings(self)
         lo, hi = self.sigma_window
         if not 0.0 < lo < hi < 1.0:
             raise ValueError(f"sigma_window must be (low, high) with 0 < low < high < 1, got {self.sigma_window}")
@@ -134,6 +157,18 @@ class SRPOConfig:
 # --------------------------------------------------------------------------------------------
 # σ bookkeeping: the window grid, Δ and the discounts
 # --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SRPORunOptions:
+    """An SRPO run's options outside the resumable config (the SRPO nodes show them; declared here once)."""
+
+    negative_prompt: str = setting("", "Negative prompt of the rollout's CFG (empty: Wan's default negative prompt).")
+    decode_tile: int = setting(0, "VAE decode tile in latent pixels (0 = the whole image).", min=0, max=512)
+    save_dtype: str = setting("bf16", "dtype of a saved full model.", choices=SAVE_DTYPES)
+
+    def __post_init__(self):
+        check_settings(self)
 
 
 @dataclass(frozen=True)
@@ -370,23 +405,34 @@ class HeldOut:
 
 @dataclass
 class SRPOResult:
-    losses: list = field(default_factory=list)  # mean hinge loss per step
-    scores: list = field(default_factory=list)  # mean branch score per step
+    history: list = field(default_factory=list)  # StepMetrics per step (extra: score, held-out figures)
     evaluations: list = field(default_factory=list)  # Evaluation, the first at step 0
     steps_done: int = 0
     best_step: int = 0  # the step whose weights the model has now
-    stopped: str | None = None  # why the run ended before `steps`, else None
+    stopped: Stop | None = None  # why the run ended before `steps`, else None
     seconds: float = 0.0
     network: object = None  # the LoRANetwork (mode lora)
     last_images: torch.Tensor | None = None  # the last evaluation's held-out images [N, 3, H, W]
 
+    @property
+    def losses(self) -> list[float]:
+        """The mean hinge loss of each step."""
+        return [m.loss for m in self.history]
 
-class SRPOTrainer:
+    @property
+    def scores(self) -> list[float]:
+        """The mean branch score of each step."""
+        return [m.extra["score"] for m in self.history]
+
+
+class SRPOTrainer(ResumableTrainer):
     """One SRPO run's state: trainable parameters, optimizer, RNG, evaluations and the best weights."""
+
+    STATE_FILE, STATE_FORMAT, KIND = STATE_FILE, STATE_FORMAT, "SRPO"
 
     def __init__(self, rollout: Rollout, reward, prompts: Sequence[Prompt], config: SRPOConfig,
                  heldout: HeldOut, decode_tile: tuple | None = None):
-        from ..training.flow_matching import attach_trainable, make_trainable
+        from ..training.flow_matching import attach_trainable, replace_inference_tensors
 
         if not prompts:
             raise ValueError("SRPO needs at least one training prompt")
@@ -400,7 +446,7 @@ class SRPOTrainer:
         # ComfyUI loads under inference_mode: the VAE and reward are frozen but autograd must save
         # their tensors for the backward to the pixels, so they need normal tensors too
         for module in (rollout.vae, self.reward):
-            make_trainable(module)
+            replace_inference_tensors(module)
         self.network, self.named_params = attach_trainable(
             model, config.mode, rank=config.lora_rank, alpha=config.lora_alpha, dropout=0.0,
             targets=config.lora_targets, seed=config.seed)
@@ -409,6 +455,7 @@ class SRPOTrainer:
         self.window = SigmaWindow(config)
         self.generator = torch.Generator().manual_seed(config.seed)  # ε, σ* and prompt order: same on all ranks
         self.step = 0
+        self.history: list[StepMetrics] = []
         self.result = SRPOResult(network=self.network)
         self.best = None  # (step, reward, CPU copy of the trainable weights)
 
@@ -441,7 +488,7 @@ class SRPOTrainer:
         score = branch_score(self.reward, images, prompt.text, branch, plan, step, self.config)
         return F.relu(self.config.hinge - score).mean(), score.detach(), x_hat
 
-    def train_step(self) -> tuple[float, float]:
+    def train_step(self) -> StepMetrics:
         config = self.config
         prompt = self.prompt_for(self.step)
         noise = torch.randn(self.rollout.latent_shape(config), generator=self.generator).to(self.device)
@@ -460,22 +507,22 @@ class SRPOTrainer:
         params = [p for _, p in self.named_params]
         average_gradients(params)  # ranks rolled out different prompts from the same ε
         if config.max_grad_norm > 0:
-            norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)  # the norm before clipping
         else:
-            norm = torch.stack([p.grad.norm() for p in params if p.grad is not None]).norm()
+            norm = grad_norm(params)
         loss = sum(losses) / len(losses)
         if self.step == 0 and loss > 0 and float(norm) == 0:
             raise ValueError("no gradient reaches the trained weights although the loss is active: with a LoRA "
                              "on a model whose output head is all zeros (e.g. an untrained demo model) nothing "
                              "can flow back; train that model fully (mode 'full') or start from a trained one")
-        if not (math.isfinite(loss) and math.isfinite(float(norm))):
+        try:
+            check_finite(loss, norm, self.step + 1, "SRPO loss")
+        except NonFiniteError:
             self.optimizer.zero_grad(set_to_none=True)
-            raise FloatingPointError(f"non-finite SRPO loss or gradient at step {self.step + 1}")
+            raise
         self.optimizer.step()
         self.step += 1
-        self.result.losses.append(loss)
-        self.result.scores.append(sum(scores) / len(scores))
-        return loss, self.result.scores[-1]
+        return StepMetrics(self.step, loss, float(norm), config.learning_rate, {"score": sum(scores) / len(scores)})
 
     def _eval_mode(self):
         self.rollout.model.eval()
@@ -500,7 +547,7 @@ class SRPOTrainer:
             self.best = (self.step, evaluation.reward, self.trainable_weights())
         return evaluation
 
-    def stop_reason(self, evaluation: Evaluation) -> str | None:
+    def stop_reason(self, evaluation: Evaluation) -> Stop | None:
         c = self.config
         if not evaluation.within_bounds:
             parts = []
@@ -511,11 +558,12 @@ class SRPOTrainer:
             if evaluation.fm_loss_ratio > c.max_fm_loss_ratio:
                 parts.append(f"the held-out flow-matching loss grew {evaluation.fm_loss_ratio:.2f}x "
                              f"(> {c.max_fm_loss_ratio})")
-            return "drift monitor: " + "; ".join(parts)
+            return Stop(StopReason.DRIFT, "drift monitor: " + "; ".join(parts))
         if c.patience and self.best is not None:
             evals_since_best = sum(1 for e in self.result.evaluations if e.step > self.best[0])
             if evals_since_best >= c.patience:
-                return f"the held-out reward has not improved for {evals_since_best} evaluations"
+                return Stop(StopReason.NO_IMPROVEMENT,
+                            f"the held-out reward has not improved for {evals_since_best} evaluations")
         return None
 
     def trainable_weights(self) -> dict:
@@ -531,52 +579,45 @@ class SRPOTrainer:
 
     # ---- resumable state ------------------------------------------------------------------
 
-    def state_dict(self) -> dict:
-        return {"format": STATE_FORMAT, "config": self.config.resume_key(), "step": self.step,
-                "weights": self.trainable_weights(), "optimizer": self.optimizer.state_dict(),
-                "generator": self.generator.get_state(), "losses": torch.tensor(self.result.losses, dtype=torch.float64),
-                "scores": torch.tensor(self.result.scores, dtype=torch.float64),
+    def extra_state(self) -> dict:
+        return {"weights": self.trainable_weights(), "optimizer": self.optimizer.state_dict(),
+                "generator": self.generator.get_state(),
                 "evaluations": [asdict(e) for e in self.result.evaluations],
                 "baseline": self.heldout.baseline, "heldout_latents": self.heldout.latents,
                 "best": None if self.best is None else {"step": self.best[0], "reward": self.best[1],
                                                         "weights": self.best[2]}}
 
-    def load_state_dict(self, state: dict) -> None:
-        if state.get("format") != STATE_FORMAT:
-            raise ValueError(f"unknown SRPO state format {state.get('format')!r} (expected {STATE_FORMAT})")
-        if state["config"] != self.config.resume_key():
-            theirs, ours = state["config"], self.config.resume_key()
-            diff = {k: (theirs.get(k), ours.get(k)) for k in ours if theirs.get(k) != ours.get(k)}
-            raise ValueError(f"the saved SRPO state was made with other settings (saved, now): {diff}; "
-                             "use another output name or the same settings")
+    def load_extra_state(self, state: dict) -> None:
         with torch.no_grad():
             for n, p in self.named_params:
                 p.copy_(state["weights"][n].to(p.device, p.dtype))
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
-        self.step = int(state["step"])
-        self.result.losses = state["losses"].tolist()
-        self.result.scores = state["scores"].tolist()
         self.result.evaluations = [Evaluation(**e) for e in state["evaluations"]]
         self.heldout.baseline, self.heldout.latents = state["baseline"], state["heldout_latents"]
         best = state["best"]
         self.best = None if best is None else (best["step"], best["reward"], best["weights"])
 
-    def save(self, state_dir) -> Path:
-        from ..io.write import atomic_write
+    # ---- the skeleton's hooks ---------------------------------------------------------------
 
-        path = Path(state_dir) / STATE_FILE
-        state = self.state_dict()
-        if self.rank == 0:
-            atomic_write(path, lambda tmp: torch.save(state, tmp))
-        if self.world > 1:
-            torch.distributed.barrier()
-        return path
+    def before_run(self) -> None:
+        if not self.result.evaluations:
+            self.evaluate()  # the baseline every monitor is measured against
+
+    def after_step(self, metrics: StepMetrics) -> Stop | None:
+        c = self.config
+        if not (c.eval_every and self.step % c.eval_every == 0 or self.step == c.steps):
+            return None
+        evaluation = self.evaluate()
+        metrics.extra.update(heldout_reward=evaluation.reward, saturation_rise=evaluation.saturation_rise,
+                             channel_shift=evaluation.channel_shift, fm_loss_ratio=evaluation.fm_loss_ratio)
+        return self.stop_reason(evaluation)
+
+    def end_run(self) -> None:
+        self._eval_mode()
 
 
 def load_srpo_state(state_dir) -> dict | None:
-    from ..training.flow_matching import load_state
-
     return load_state(state_dir, STATE_FILE)
 
 
@@ -589,53 +630,24 @@ def train_srpo(rollout: Rollout, reward, prompts: Sequence[Prompt], heldout_prom
 
     heldout_latents: normalized latents [N, C, 1, h, w] for the flow-matching drift monitor (default:
     the model's own held-out rollouts before training). decode_tile: latent tile for the VAE.
-    callback(step, total, loss, score, evaluation or None) after every step; an exception from it
-    (ComfyUI's interrupt) saves the resumable state and re-raises.
+    callback(step, total, metrics: StepMetrics) after every step (metrics.extra: the step's `score`, and
+    after an evaluation `heldout_reward` and the drift monitors); an exception from it (ComfyUI's
+    interrupt) saves the resumable state and re-raises.
     """
-    started = time.perf_counter()
     model = rollout.model
     with torch.inference_mode(False), torch.enable_grad():
         heldout = HeldOut(heldout_prompts, rollout, reward, config, heldout_latents, decode_tile)
         trainer = SRPOTrainer(rollout, reward, prompts, config, heldout, decode_tile)
+        outcome = run_resumable(trainer, config.steps, state_dir=state_dir, resume=resume,
+                                save_every=config.save_every, callback=callback)
         result = trainer.result
-        state = load_srpo_state(state_dir) if state_dir is not None and resume else None
-        saved_at = None
-        if state is not None:
-            trainer.load_state_dict(state)
-            saved_at = trainer.step
-        try:
-            if not result.evaluations:
-                trainer.evaluate()  # the baseline every monitor is measured against
-            while trainer.step < config.steps and result.stopped is None:
-                try:
-                    loss, score = trainer.train_step()
-                except FloatingPointError as e:
-                    result.stopped = f"{e}; training stopped"
-                    break
-                evaluation = None
-                if config.eval_every and trainer.step % config.eval_every == 0 or trainer.step == config.steps:
-                    evaluation = trainer.evaluate()
-                    result.stopped = trainer.stop_reason(evaluation)
-                if state_dir is not None and config.save_every and trainer.step % config.save_every == 0:
-                    trainer.save(state_dir)
-                    saved_at = trainer.step
-                if callback is not None:
-                    callback(trainer.step, config.steps, loss, score, evaluation)
-        except BaseException:
-            if state_dir is not None and trainer.step != saved_at:
-                trainer.save(state_dir)
-            raise
-        finally:
-            trainer._eval_mode()
-        if state_dir is not None and trainer.step != saved_at:
-            trainer.save(state_dir)
         if config.keep == "best":
             trainer.restore_best()
         else:
             result.best_step = trainer.step
         model.requires_grad_(False)
-    result.steps_done = trainer.step
-    result.seconds = time.perf_counter() - started
+    result.history, result.steps_done, result.stopped = trainer.history, trainer.step, outcome.stopped
+    result.seconds = outcome.seconds
     return result
 
 

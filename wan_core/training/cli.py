@@ -125,11 +125,12 @@ def _train(args, config: TrainConfig, rank: int, size: int) -> int:
 
     started, first_step = time.perf_counter(), []
 
-    def progress(step, total, loss):
+    def progress(step, total, metrics):
         first_step[:] = first_step or [step]  # a resumed run starts past 1
         if step % max(args.log_every, 1) == 0 or step == total:
             per_step = (time.perf_counter() - started) / (step - first_step[0] + 1)
-            log(f"step {step}/{total}  loss {loss:.5f}  ({per_step:.2f} s/step)", flush=True)
+            log(f"step {step}/{total}  loss {metrics.loss:.5f}  grad norm {metrics.grad_norm:.3g}  "
+                f"lr {metrics.learning_rate:.3g}  ({per_step:.2f} s/step)", flush=True)
 
     result = train(model, dataset, config, state_dir=out, callback=progress)
     saved = save_result(model, result, config, out, name, args.full_format, source=args.model)

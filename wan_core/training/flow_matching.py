@@ -16,70 +16,82 @@ slice of the same global batch (see `wan_core.distributed`).
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
+from ..lora.adapters import LORA_TARGET_PRESETS
 from ..sampling.solvers import shift_sigma
+from .run import NonFiniteError, ResumableTrainer, StepMetrics, Stop, check_finite, grad_norm, run_resumable
+from .settings import check_settings, setting
 
 SIGMA_SAMPLINGS = ("uniform", "logit_normal", "shift")
 LOSS_WEIGHTINGS = ("none", "diffsynth")
 MODES = ("lora", "full")
 PRECISIONS = ("bf16", "fp32")
+LORA_TARGETS = tuple(LORA_TARGET_PRESETS)
 STATE_FILE = "train_state.pt"
-STATE_FORMAT = 1
+STATE_FORMAT = 2  # 2: per-step metrics history (format 1 kept only losses)
 
 
 @dataclass
 class TrainConfig:
-    """Everything that shapes a training run (saved with the state, so a resume can check it)."""
+    """Everything that shapes a training run (saved with the state, so a resume can check it).
+    Each field's help, range and choices are declared here once (`training.settings`)."""
 
-    mode: str = "lora"  # lora | full
-    steps: int = 1000  # optimizer steps
-    learning_rate: float = 1e-4
-    batch_size: int = 1  # per rank and micro-step
-    grad_accum: int = 1  # micro-steps per optimizer step
-    warmup_steps: int = 0
-    lr_schedule: str = "cosine"  # cosine | constant (both after the linear warmup)
-    min_lr_ratio: float = 0.0  # cosine floor as a fraction of learning_rate
-    weight_decay: float = 0.01
-    betas: tuple = (0.9, 0.999)
-    max_grad_norm: float = 1.0  # 0 = no clipping
+    mode: str = setting("lora", "lora: train a LoRA on the frozen model; full: fine-tune every weight.",
+                        choices=MODES, node="none")
+    steps: int = setting(1000, "Optimizer steps.", min=1, max=10_000_000, node="main")
+    learning_rate: float = setting(1e-4, "Peak learning rate of AdamW (after warmup, then the schedule).",
+                                   min=1e-9, max=1.0, step=1e-5, node="main")
+    batch_size: int = setting(1, "Clips per rank and micro-step (clips of one bucket only).", min=1, max=1024)
+    grad_accum: int = setting(1, "Micro-batches per optimizer step.", min=1, max=4096)
+    warmup_steps: int = setting(0, "Steps of linear learning-rate warmup.", min=0, max=10_000_000)
+    lr_schedule: str = setting("cosine", "Learning rate after the warmup: cosine decay or constant.",
+                               choices=("cosine", "constant"))
+    min_lr_ratio: float = setting(0.0, "Floor of the cosine decay, as a fraction of learning_rate.", min=0.0, max=1.0,
+                                  step=0.01)
+    weight_decay: float = setting(0.01, "AdamW weight decay.", min=0.0, max=10.0, step=0.001)
+    betas: tuple = setting((0.9, 0.999), "AdamW betas.", min=0.0, max=0.999999, node="none")
+    max_grad_norm: float = setting(1.0, "Clip the gradient norm to this (0 = no clipping).", min=0.0, max=1e6,
+                                   step=0.01)
     # noise levels: uniform σ, logit-normal σ (SD3), or uniform then shifted (DiffSynth-style, shift 5)
-    sigma_sampling: str = "shift"
-    shift: float = 5.0
-    logit_mean: float = 0.0
-    logit_std: float = 1.0
-    sigma_range: tuple = (0.0, 1.0)  # train only σ in [lo, hi] (Wan2.2 A14B: one expert's range)
-    loss_weighting: str = "none"  # none | diffsynth (bell curve over timesteps, mean 1)
-    lora_rank: int = 16
-    lora_alpha: float = 16.0
-    lora_dropout: float = 0.0
-    lora_targets: str = "attention+ffn"
-    precision: str = "bf16"  # bf16: autocast over fp32 master weights; fp32: no autocast
-    gradient_checkpointing: bool = True
-    ema_decay: float = 0.0  # 0 = no EMA; else the returned weights are the EMA weights
-    first_frame_clean: bool = False  # TI2V image-to-video training: latent frame 0 is the clean condition
-    seed: int = 0
-    save_every: int = 0  # optimizer steps between resumable states (0: only at the end / on interrupt)
+    sigma_sampling: str = setting("shift", "How noise levels are drawn: shift = uniform then shifted toward high "
+                                  "noise (DiffSynth-style), logit_normal (SD3-style) or uniform.", choices=SIGMA_SAMPLINGS)
+    shift: float = setting(5.0, "Shift of sigma_sampling=shift (and of the diffsynth loss weighting).", min=0.01,
+                           max=100.0, step=0.1)
+    logit_mean: float = setting(0.0, "Mean of sigma_sampling=logit_normal.", min=-10.0, max=10.0, step=0.05)
+    logit_std: float = setting(1.0, "Standard deviation of sigma_sampling=logit_normal.", min=0.01, max=10.0, step=0.05)
+    sigma_range: tuple = setting((0.0, 1.0), "Train only σ in [low, high] (Wan2.2 A14B: one expert's range).",
+                                 min=0.0, max=1.0, step=0.005)
+    loss_weighting: str = setting("none", "none, or diffsynth: a bell over timesteps favouring mid noise (mean 1).",
+                                  choices=LOSS_WEIGHTINGS)
+    lora_rank: int = setting(16, "LoRA rank: capacity and file size.", min=1, max=1024, node="main")
+    lora_alpha: float = setting(16.0, "LoRA scale is alpha / rank.", min=0.01, max=4096.0, step=0.5, node="main")
+    lora_dropout: float = setting(0.0, "Dropout on the LoRA input during training.", min=0.0, max=0.95, step=0.01)
+    lora_targets: str = setting("attention+ffn", "Which linear layers get a LoRA: a preset (attention, attention+ffn, "
+                                "self_attention, cross_attention, ffn) or glob patterns.", presets=LORA_TARGETS,
+                                node="main")
+    precision: str = setting("bf16", "bf16 autocast over fp32 master weights, or plain fp32.", choices=PRECISIONS)
+    gradient_checkpointing: bool = setting(True, "Recompute each block in the backward pass: much less memory, "
+                                           "about 30% slower.")
+    ema_decay: float = setting(0.0, "EMA of the trained weights (0 = off); when on, the result is the EMA.",
+                               min=0.0, max=0.99999, step=0.0001)
+    first_frame_clean: bool = setting(False, "Wan2.2 TI2V-5B image-to-video training: latent frame 0 stays clean "
+                                      "(timestep 0 on its tokens) and is left out of the loss.")
+    seed: int = setting(0, "Fixes data order, noise levels, noise and LoRA init: the same seed gives the same run.",
+                        min=0, max=2 ** 64 - 1, node="main")
+    save_every: int = setting(0, "Write the resumable state every N optimizer steps (0: at the end and on interrupt).",
+                              min=0, max=10_000_000)
 
     def __post_init__(self):
         self.betas = tuple(self.betas)
         self.sigma_range = tuple(float(s) for s in self.sigma_range)
-        for name, value, allowed in (("mode", self.mode, MODES), ("sigma_sampling", self.sigma_sampling, SIGMA_SAMPLINGS),
-                                     ("loss_weighting", self.loss_weighting, LOSS_WEIGHTINGS),
-                                     ("precision", self.precision, PRECISIONS),
-                                     ("lr_schedule", self.lr_schedule, ("cosine", "constant"))):
-            if value not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        check_settings(self)
         lo, hi = self.sigma_range
         if not 0.0 <= lo < hi <= 1.0:
             raise ValueError(f"sigma_range must satisfy 0 <= lo < hi <= 1, got {self.sigma_range}")
-        if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
-            raise ValueError(f"steps, batch_size and grad_accum must be >= 1, got {self.steps}, "
-                             f"{self.batch_size}, {self.grad_accum}")
 
     def resume_key(self) -> dict:
         """The settings a saved state must share with this run to be resumed by it."""
@@ -88,18 +100,40 @@ class TrainConfig:
         return {k: v for k, v in asdict(self).items() if k in keep}
 
 
+SAVE_DTYPES = ("bf16", "fp16", "fp32")
+
+
+@dataclass
+class RunOptions:
+    """A training run's options outside the resumable config: the Wan2.2 A14B expert split, validation
+    samples and the dtype of a saved full model (the trainer nodes show them; declared here once)."""
+
+    boundary: float = setting(0.875, "Wan2.2 A14B: the expert split in σ (0.875 T2V, 0.9 I2V); each expert trains "
+                              "on its side of it.", min=0.01, max=0.99, step=0.005)
+    validate_every: int = setting(0, "Sample the validation prompt every N steps (0 = only at the end).", min=0,
+                                  max=10_000_000)
+    validation_steps: int = setting(20, "Euler steps per validation sample.", min=1, max=1000)
+    validation_cfg: float = setting(1.0, "Guidance scale of the validation samples (needs a validation negative).",
+                                    min=1.0, max=30.0, step=0.1)
+    save_dtype: str = setting("bf16", "dtype of a saved full model.", choices=SAVE_DTYPES, node="main")
+
+    def __post_init__(self):
+        check_settings(self)
+
+
 @dataclass
 class TrainResult:
-    losses: list = field(default_factory=list)  # one mean loss per optimizer step, from step 1
+    history: list = field(default_factory=list)  # StepMetrics per optimizer step, from step 1
     steps_done: int = 0
     seconds: float = 0.0
     network: object = None  # the LoRANetwork (mode "lora"), hooks still installed
-    stopped: str | None = None  # why training ended early (non-finite loss), else None
+    stopped: Stop | None = None  # why training ended early (non-finite loss), else None
     checkpoint_step: int | None = None  # the step of the last resumable state written
 
-
-class NonFiniteLoss(RuntimeError):
-    pass
+    @property
+    def losses(self) -> list[float]:
+        """One mean loss per optimizer step, from step 1."""
+        return [m.loss for m in self.history]
 
 
 # --------------------------------------------------------------------------------------------
@@ -152,11 +186,12 @@ def noisy_input(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> t
 
 
 def flow_matching_loss(model, x0, context, sigma, noise, *, clip_fea=None, y=None, first_frame_clean=False,
-                       weights=None) -> torch.Tensor:
+                       weights=None, stats: dict | None = None) -> torch.Tensor:
     """Mean over the batch of the per-sample MSE between the model's velocity and ε − x0.
 
     first_frame_clean (TI2V): latent frame 0 stays x0 with timestep 0 on its tokens and is left out
-    of the loss, as the TI2V sampler treats a given first frame.
+    of the loss, as the TI2V sampler treats a given first frame. `stats`, if given, receives
+    `v_ratio` = |v_pred| / |v_target| and `v_cosine`, their cosine (over the trained elements).
     """
     x = noisy_input(x0, noise, sigma)
     target = noise - x0
@@ -179,6 +214,13 @@ def flow_matching_loss(model, x0, context, sigma, noise, *, clip_fea=None, y=Non
         per_sample = err.flatten(1).mean(1)
     if weights is not None:
         per_sample = per_sample * weights.to(per_sample.device)
+    if stats is not None:
+        with torch.no_grad():
+            pred, want = v.detach().float(), target.float()
+            if frame_mask is not None:
+                pred, want = pred[:, :, 1:], want[:, :, 1:]
+            stats["v_ratio"] = float(pred.norm() / want.norm().clamp_min(1e-12))
+            stats["v_cosine"] = float(F.cosine_similarity(pred.flatten(), want.flatten(), dim=0))
     return per_sample.mean()
 
 
@@ -259,7 +301,7 @@ def collate(items: list[dict], text_len: int, device) -> dict:
 # --------------------------------------------------------------------------------------------
 
 
-def make_trainable(model: torch.nn.Module) -> None:
+def replace_inference_tensors(model: torch.nn.Module) -> None:
     """Replace inference tensors (made under ComfyUI's torch.inference_mode) by normal copies:
     autograd cannot save inference tensors for backward, even frozen ones."""
     for module in model.modules():
@@ -277,7 +319,7 @@ def attach_trainable(model, mode: str, *, rank: int, alpha: float, dropout: floa
     ones, the base frozen, then a LoRA hooked on (mode "lora"; `network` if given, else a new one)
     or every weight trainable in fp32 (mode "full": master weights, autocast picks the compute
     dtype). -> (the LoRANetwork or None, [(name, trainable parameter)])."""
-    make_trainable(model)
+    replace_inference_tensors(model)
     model.requires_grad_(False)
     if mode == "lora":
         if network is None:
@@ -297,11 +339,13 @@ def attach_trainable(model, mode: str, *, rank: int, alpha: float, dropout: floa
     return network, named
 
 
-class Trainer:
-    """One training run's state: the trainable parameters, optimizer, EMA, RNG and data position.
+class Trainer(ResumableTrainer):
+    """One flow-matching run's state: the trainable parameters, optimizer, EMA, RNG and data position.
 
     Use `train(...)` unless you need to drive the steps yourself.
     """
+
+    STATE_FILE, STATE_FORMAT, KIND = STATE_FILE, STATE_FORMAT, "training"
 
     def __init__(self, model, dataset, config: TrainConfig, *, network=None):
         self.model, self.dataset, self.config = model, dataset, config
@@ -327,7 +371,7 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(config.seed)  # σ and noise: same on every rank
         torch.manual_seed(config.seed + self.rank)  # dropout
         self.step = 0
-        self.losses: list[float] = []
+        self.history: list[StepMetrics] = []
         self.stream = BatchStream(dataset, config.batch_size * self.world, config.seed)
 
     # ---- one optimizer step -----------------------------------------------------------------
@@ -344,52 +388,54 @@ class Trainer:
         batch["noise"] = torch.stack(noises[mine]).to(self.device)
         return batch
 
-    def loss(self, batch: dict) -> torch.Tensor:
+    def loss(self, batch: dict, stats: dict | None = None) -> torch.Tensor:
         weights = diffsynth_weights(batch["sigma"], self.config.shift) if self.config.loss_weighting == "diffsynth" else None
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.precision == "bf16")
         with autocast:
             return flow_matching_loss(self.wrapped, batch["latent"], batch["context"], batch["sigma"], batch["noise"],
                                       clip_fea=batch.get("clip_fea"), y=batch.get("y"),
-                                      first_frame_clean=self.config.first_frame_clean, weights=weights)
+                                      first_frame_clean=self.config.first_frame_clean, weights=weights, stats=stats)
 
-    def train_step(self) -> float:
-        """One optimizer step over grad_accum micro-batches; returns the mean loss (over ranks).
-        Raises NonFiniteLoss, leaving the weights as they were before the step."""
+    def train_step(self) -> StepMetrics:
+        """One optimizer step over grad_accum micro-batches; returns its metrics (loss: the mean over
+        ranks). Raises NonFiniteError, leaving the weights as they were before the step."""
         cfg = self.config
+        lr = cfg.learning_rate * learning_rate_factor(self.step, cfg)
         for group in self.optimizer.param_groups:
-            group["lr"] = cfg.learning_rate * learning_rate_factor(self.step, cfg)
+            group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
-        total = 0.0
+        total, stats = 0.0, {"v_ratio": 0.0, "v_cosine": 0.0}
         for _ in range(cfg.grad_accum):
-            loss = self.loss(self.micro_batch())
+            micro = {}
+            loss = self.loss(self.micro_batch(), micro)
             (loss / cfg.grad_accum).backward()
             total += loss.detach().float().item() / cfg.grad_accum
+            for k in stats:
+                stats[k] += micro[k] / cfg.grad_accum
         _sync_gradients(self)
         total = _mean_over_ranks(total, self.device)
         params = [p for _, p in self.named_params]
         if cfg.max_grad_norm > 0:
-            norm = _clip_grad_norm(self.wrapped, params, cfg.max_grad_norm)
+            norm = _clip_grad_norm(self.wrapped, params, cfg.max_grad_norm)  # the norm before clipping
         else:
-            norm = torch.tensor(0.0)
-        if not math.isfinite(total) or not torch.isfinite(norm):
+            norm = grad_norm(params)
+        try:
+            check_finite(total, norm, self.step + 1)
+        except NonFiniteError:
             self.optimizer.zero_grad(set_to_none=True)
-            raise NonFiniteLoss(f"non-finite loss ({total}) or gradient norm ({float(norm)}) at step {self.step + 1}")
+            raise
         self.optimizer.step()
         self.step += 1
         if self.ema is not None:
             with torch.no_grad():
                 for n, p in self.named_params:
                     self.ema[n].lerp_(p.detach().float(), 1 - cfg.ema_decay)
-        self.losses.append(total)
-        return total
+        return StepMetrics(self.step, total, float(norm), lr, stats)
 
-    # ---- state ------------------------------------------------------------------------------
+    # ---- state (the skeleton adds format, step, settings and the metrics history) ------------
 
-    def state_dict(self) -> dict:
+    def extra_state(self) -> dict:
         return {
-            "format": STATE_FORMAT,
-            "step": self.step,
-            "config": self.config.resume_key(),
             "model_config": self.model.config.as_dict() if hasattr(self.model.config, "as_dict") else {},
             "trainable": {n: p.detach().cpu().clone() for n, p in _full_params(self)},
             "optimizer": _optimizer_state(self),
@@ -397,17 +443,9 @@ class Trainer:
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
             "data_position": self.stream.position,
-            "losses": torch.tensor(self.losses, dtype=torch.float64),
         }
 
-    def load_state_dict(self, state: dict) -> None:
-        if state.get("format") != STATE_FORMAT:
-            raise ValueError(f"training state format {state.get('format')} is not the supported {STATE_FORMAT}")
-        if state["config"] != self.config.resume_key():
-            diff = {k: (state["config"].get(k), v) for k, v in self.config.resume_key().items()
-                    if state["config"].get(k) != v}
-            raise ValueError(f"the saved training state was made with other settings (saved, now): {diff}; "
-                             "use a new output name or the same settings to resume")
+    def load_extra_state(self, state: dict) -> None:
         if set(state["trainable"]) != {n for n, _ in self.named_params}:
             raise ValueError("the saved training state does not match this model's trainable parameters")
         _load_full_params(self, state["trainable"])
@@ -416,23 +454,24 @@ class Trainer:
             self.ema = {n: _shard_like(state["ema"][n], p).float() for n, p in self.named_params}
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
-        self.step = int(state["step"])
-        self.losses = state["losses"].tolist()
         self.stream = BatchStream(self.dataset, self.config.batch_size * self.world, self.config.seed,
                                   int(state["data_position"]))
 
-    def save(self, state_dir) -> Path:
-        """Write the resumable state atomically (the previous one survives a failed write)."""
-        from ..io.write import atomic_write
+    # ---- the skeleton's hooks -----------------------------------------------------------------
 
-        state = self.state_dict()  # collective under FSDP: every rank must call save
-        path = Path(state_dir) / STATE_FILE
-        if self.rank == 0:
-            atomic_write(path, lambda tmp: torch.save(state, tmp))
-        if self.world > 1:
-            # no rank goes on (and perhaps looks for this state to resume) before it is on disk
-            torch.distributed.barrier()
-        return path
+    validate = None  # validate(step), every `validate_every` steps, in eval mode under no_grad
+    validate_every = 0
+
+    def before_run(self) -> None:
+        self.model.train()
+
+    def after_step(self, metrics: StepMetrics) -> None:
+        if self.validate is not None and self.validate_every and self.step % self.validate_every == 0:
+            _run_validation(self.model, self, self.validate)
+
+    def end_run(self) -> None:
+        self.model.eval()
+        self.model.gradient_checkpointing = False
 
     def use_ema_weights(self) -> None:
         """Copy the EMA into the trainable parameters (the result of an EMA run)."""
@@ -443,73 +482,29 @@ class Trainer:
                 p.copy_(self.ema[n].to(p.dtype))
 
 
-def load_state(state_dir, filename: str = STATE_FILE) -> dict | None:
-    """The resumable state saved in `state_dir` (read with weights_only), or None when there is none."""
-    path = Path(state_dir) / filename
-    if not path.is_file():
-        return None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"could not read the training state {path}: {e}") from e
-
-
 def train(model, dataset, config: TrainConfig, *, state_dir=None, resume: bool = True, callback=None,
           validate=None, validate_every: int = 0) -> TrainResult:
     """Train `model` in place (full) or through a LoRA hooked onto it; see the module docstring.
 
     state_dir: where the resumable state lives; an existing state there is resumed (resume=True).
-    callback(step, total, loss) after every optimizer step; an exception raised from it (e.g.
+    callback(step, total, metrics: StepMetrics) after every optimizer step; an exception raised from it (e.g.
     ComfyUI's interrupt) stops the run after the state is saved. validate(step) every
     `validate_every` steps, in eval mode under no_grad. A non-finite loss stops the run without
     applying that step, keeps the last good state on disk, and says so in `result.stopped`.
     """
     if len(dataset) == 0:
         raise ValueError("the training dataset is empty")
-    started = time.perf_counter()
     with torch.inference_mode(False), torch.enable_grad():
         trainer = Trainer(model, dataset, config)
-        result = TrainResult(network=trainer.network)
-        if state_dir is not None and resume:
-            state = load_state(state_dir)
-            if state is not None:
-                trainer.load_state_dict(state)
-                result.checkpoint_step = trainer.step
-        model.train()
-        try:
-            while trainer.step < config.steps:
-                try:
-                    loss = trainer.train_step()
-                except NonFiniteLoss as e:
-                    kept = result.checkpoint_step
-                    result.stopped = (f"{e}; training stopped" + (f", the last good state (step {kept}) is kept"
-                                                                  if kept is not None else ""))
-                    break
-                if state_dir is not None and config.save_every and trainer.step % config.save_every == 0:
-                    trainer.save(state_dir)
-                    result.checkpoint_step = trainer.step
-                if validate is not None and validate_every and trainer.step % validate_every == 0:
-                    _run_validation(model, trainer, validate)
-                if callback is not None:
-                    callback(trainer.step, config.steps, loss)
-        except BaseException:
-            if state_dir is not None and trainer.step > (result.checkpoint_step or 0):
-                trainer.save(state_dir)  # interrupted: keep what was trained, resumable
-            raise
-        finally:
-            model.eval()
-            model.gradient_checkpointing = False
-        if state_dir is not None and result.stopped is None and trainer.step != result.checkpoint_step:
-            trainer.save(state_dir)
-            result.checkpoint_step = trainer.step
+        trainer.validate, trainer.validate_every = validate, validate_every
+        outcome = run_resumable(trainer, config.steps, state_dir=state_dir, resume=resume,
+                                save_every=config.save_every, callback=callback)
         trainer.use_ema_weights()
         model.requires_grad_(False)
         if trainer.network is not None:
             trainer.network.eval()
-    result.losses = trainer.losses
-    result.steps_done = trainer.step
-    result.seconds = time.perf_counter() - started
-    return result
+    return TrainResult(history=trainer.history, steps_done=trainer.step, seconds=outcome.seconds,
+                       network=trainer.network, stopped=outcome.stopped, checkpoint_step=outcome.checkpoint_step)
 
 
 def _run_validation(model, trainer, validate) -> None:

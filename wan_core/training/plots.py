@@ -108,3 +108,25 @@ def loss_curve_image(losses, *, width: int = 640, height: int = 360, title: str 
     if window > 1:
         draw.line([point(s, v) for s, v in zip(steps, moving_average(ys, window))], fill=SMOOTH, width=2)
     return image
+
+
+METRIC_TITLES = {"loss": "loss", "grad_norm": "gradient norm (before clipping)", "learning_rate": "learning rate",
+                 "v_ratio": "|v_pred| / |v_target|", "v_cosine": "cosine(v_pred, v_target)",
+                 "score": "reward score of the step's branches", "heldout_reward": "held-out reward"}
+
+
+def metrics_image(history, *, width: int = 640, panel_height: int = 180) -> Image.Image:
+    """The per-step metrics every trainer reports (`training.run.StepMetrics`), one panel each, stacked:
+    loss, gradient norm, learning rate, then the trainer's own (flow matching: |v_pred|/|v_target| and
+    their cosine; SRPO: score, held-out reward). A figure missing at some steps is plotted where present."""
+    rows = [m if isinstance(m, dict) else m.as_dict() for m in history]
+    names = ["loss", "grad_norm", "learning_rate"]
+    for row in rows:
+        names += [k for k in row.get("extra", {}) if k not in names]
+    image = Image.new("RGB", (width, panel_height * len(names)), BACKGROUND)
+    for i, name in enumerate(names):
+        values = [row.get(name, row.get("extra", {}).get(name, float("nan"))) for row in rows]
+        panel = loss_curve_image(values or [float("nan")], width=width, height=panel_height,
+                                 title=METRIC_TITLES.get(name, name), log_scale=False if name != "loss" else None)
+        image.paste(panel, (0, i * panel_height))
+    return image
