@@ -11,9 +11,11 @@ import copy
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..wan_core.io.tensor_files import MODEL_SUFFIXES
+from ..wan_core.io.write import save_safetensors
 
 
 def _comfy(name: str):
@@ -256,3 +258,34 @@ def progress_text(text: str) -> None:
     if instance is None or context is None or not hasattr(instance, "send_progress_text"):
         return
     instance.send_progress_text(text, context.node_id)
+
+
+# ---- shared by the trainer nodes ---------------------------------------------------------------
+
+SAVE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def pil_image(image) -> torch.Tensor:
+    """A PIL image as a ComfyUI IMAGE [1, H, W, 3] in [0, 1]."""
+    return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0)[None]
+
+
+def model_name(model) -> str:
+    """What a trained file's metadata names as its base model."""
+    return model.name if isinstance(model, ModelHandle) else "ComfyUI MODEL"
+
+
+def state_dir(name: str, tag: str = "") -> Path:
+    """Where a trainer node keeps its resumable state: output/wanflow_training/<name><tag>."""
+    return confined_path(output_root() / "wanflow_training", name + tag)
+
+
+def save_full_model(dit, output_name: str, save_dtype: str, metadata: dict):
+    """Write a fully fine-tuned DiT to models/diffusion_models (official keys) -> (ModelHandle, path)."""
+    dtype = SAVE_DTYPES[save_dtype]
+    path = confined_path(save_folder("diffusion_models"), output_name, ".safetensors")
+    weights = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
+               for k, v in dit.state_dict().items()}
+    save_safetensors(weights, path, metadata=metadata)
+    refresh_file_list("diffusion_models")
+    return ModelHandle(dit.to(dtype).eval(), name=str(path.name)), path  # as saved

@@ -66,3 +66,18 @@ def config_values(config_cls, values: dict) -> dict:
         elif f.name in values:
             out[f.name] = values[f.name]
     return out
+
+
+def settings_output(kind: str, config_cls, options_cls, values: dict) -> dict:
+    """What a settings node sends its trainer: {"kind", "config": fields, "options": fields}."""
+    return {"kind": kind, "config": config_values(config_cls, values), "options": config_values(options_cls, values)}
+
+
+def read_settings(settings, kind: str, node: str) -> tuple[dict, dict]:
+    """A settings node's output -> (config fields, options fields); none connected: the defaults."""
+    if settings is None:
+        return {}, {}
+    if not isinstance(settings, dict) or settings.get("kind") != kind:
+        found = settings.get("kind") if isinstance(settings, dict) else type(settings).__name__
+        raise ValueError(f"settings: expected the output of {node}; found {found}")
+    return settings["config"], settings["options"]

@@ -2,6 +2,8 @@
 native loader (UNETLoader), whose Wan weights we use in place through a WanDiT sharing them."""
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from ..wan_core.formats.dit import detect_config
@@ -57,3 +59,14 @@ def load_dit(model) -> WanDiT:
     if cast is not None or any(p.dtype.itemsize == 1 for p in dit.parameters()):
         dit.compute_dtype_override = cast or torch.bfloat16
     return dit.eval()
+
+
+def full_finetune_copy(model) -> torch.nn.Module:
+    """The DiT behind a model socket, copied for a full fine-tune (the input stays as it is: ComfyUI
+    may reuse it); fp8-stored weights are refused."""
+    source = load_dit(model)
+    if any(p.dtype.itemsize == 1 for p in source.parameters()):
+        raise ValueError("full fine-tuning needs 16/32-bit weights; this model is stored in fp8: load it with "
+                         "weight_dtype 'default' or 'bf16' from a bf16/fp16 file")
+    with torch.inference_mode(False):
+        return copy.deepcopy(source)

@@ -1,6 +1,13 @@
-"""WanFlow SRPO Train: reward fine-tuning (Direct-Align + Semantic Relative Preference), a thin
-adapter over wan_core.srpo. Text-to-image on one latent frame; LoRA by default (saved to
-models/loras in ComfyUI's format), full fine-tune to models/diffusion_models."""
+"""SRPO reward fine-tuning nodes (Direct-Align + Semantic Relative Preference), thin adapters over
+wan_core.rewards.srpo. Text-to-image on one latent frame; LoRA by default (saved to models/loras in
+ComfyUI's format), full fine-tune to models/diffusion_models.
+
+WanFlow SRPO Train shows the decisions made on every run (models, reward, prompts, output name,
+steps, learning rate, rank, image size, mode, seed); the method's other settings come from an
+optional WanFlow SRPO Settings node (the defaults without it). Every widget is made from a field of
+`SRPOConfig` / `SRPORunOptions`. The earlier all-widgets node (WanFlowSRPOTrain) stays registered,
+deprecated, so saved graphs keep loading.
+"""
 from __future__ import annotations
 
 import torch
@@ -14,22 +21,31 @@ from ..wan_core.rewards.srpo import (
     Prompt,
     Rollout,
     SRPOConfig,
+    SRPORunOptions,
     reward_curve_image,
     train_srpo,
 )
 from ..wan_core.training.run import StopReason
-from .comfy_bridge import confined_path, progress_callback, progress_text, refresh_file_list, save_folder
+from .comfy_bridge import (
+    SAVE_DTYPES,
+    confined_path,
+    model_name,
+    pil_image,
+    progress_callback,
+    progress_text,
+    refresh_file_list,
+    save_folder,
+    save_full_model,
+    state_dir,
+)
+from .config_widgets import config_values, read_settings, settings_output, widgets_for
 from .lora import model_with_lora
-from .models import MODEL_TYPES, dit_config, load_dit
-from .training import LORA_TARGETS, SAVE_DTYPES, _model_name, full_finetune_copy, pil_image, save_full_model, state_dir
+from .models import MODEL_TYPES, dit_config, full_finetune_copy, load_dit
+from .training import LORA_TARGETS
 
 
 def _lines(text: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
-
-
-def _words(text: str) -> tuple:
-    return tuple(w.strip() for w in text.split(",") if w.strip())
 
 
 def _negative_text(negative_prompt: str, cfg) -> str:
@@ -43,10 +59,12 @@ def _negative_text(negative_prompt: str, cfg) -> str:
 
 
 class WanFlowSRPOTrain:
-    """SRPO reward fine-tuning of a Wan DiT (the Wan2.2 A14B low-noise expert by default)."""
+    """Deprecated (every setting on the node; saved graphs keep loading): WanFlow SRPO Train with its settings
+    node replaces it."""
 
+    DEPRECATED = True
     DESCRIPTION = (
-        "Reward fine-tuning with SRPO (Direct-Align + Semantic Relative Preference), text-to-image. Each step rolls "
+        "Deprecated: use WanFlow SRPO Train (with WanFlow SRPO Settings). Reward fine-tuning with SRPO (Direct-Align + Semantic Relative Preference), text-to-image. Each step rolls "
         "out an image without gradient (Euler + CFG; the high-noise expert takes the steps above the boundary when "
         "connected), re-noises it with the same noise inside the σ window, takes one gradient-carrying model step "
         "down (denoise branch) and one up (inversion branch), recovers the image in one step, decodes it with the "
@@ -144,72 +162,81 @@ class WanFlowSRPOTrain:
     def run(self, model, vae, text_encoder, reward, prompts, heldout_prompts, output_name, steps, learning_rate,
             lora_rank, width, height, sigma_low, sigma_high, positive_words, negative_words, discount_denoise_low,
             discount_denoise_high, discount_inversion_low, discount_inversion_high, seed, model_high_noise=None,
-            negative_prompt="", mode="lora", save_dtype="bf16", decode_tile=0, **options):
-        train_texts, heldout_texts = _lines(prompts), _lines(heldout_prompts)
-        if not train_texts or not heldout_texts:
-            raise ValueError("SRPO needs at least one training prompt and one held-out prompt (one per line); found "
-                             f"{len(train_texts)} and {len(heldout_texts)}")
-        config = SRPOConfig(mode=mode, steps=steps, learning_rate=learning_rate, lora_rank=lora_rank, width=width,
-                            height=height, sigma_window=(sigma_low, sigma_high), positive_words=_words(positive_words),
-                            negative_words=_words(negative_words),
-                            discount_denoise=(discount_denoise_low, discount_denoise_high),
-                            discount_inversion=(discount_inversion_low, discount_inversion_high), seed=seed, **options)
-        if not hasattr(reward, "image_features") or not hasattr(reward, "text_features"):
-            raise ValueError(f"reward: expected a WANFLOW_REWARD (WanFlow Load Reward Model); found {type(reward).__name__}")
-        cfg = dit_config(model)
-        codec = vae.load()
-        codec.check_compatible(cfg)
-        source = full_finetune_copy(model) if mode == "full" else load_dit(model)
-        high = load_dit(model_high_noise) if model_high_noise is not None else None
+            **options):
+        values = dict(options, steps=steps, learning_rate=learning_rate, lora_rank=lora_rank, width=width,
+                      height=height, sigma_window_low=sigma_low, sigma_window_high=sigma_high,
+                      positive_words=positive_words, negative_words=negative_words,
+                      discount_denoise_low=discount_denoise_low, discount_denoise_high=discount_denoise_high,
+                      discount_inversion_low=discount_inversion_low, discount_inversion_high=discount_inversion_high,
+                      seed=seed)
+        config = SRPOConfig(**config_values(SRPOConfig, values))
+        return srpo_train(model, vae, text_encoder, reward, prompts, heldout_prompts, output_name, config,
+                          SRPORunOptions(**config_values(SRPORunOptions, values)), model_high_noise=model_high_noise)
 
-        encoder = text_encoder.load()
-        guided = config.guidance > 1 or (high is not None and config.guidance_high > 1)
-        texts = train_texts + heldout_texts + ([_negative_text(negative_prompt, cfg)] if guided else [])
-        with torch.inference_mode(False):
-            features = [f.detach().float().cpu().clone() for f in encoder.encode(texts)]
-        for f in features:
-            if f.shape[-1] != cfg.text_dim:
-                raise ValueError(f"the text encoder gives {f.shape[-1]}-wide features, the model takes {cfg.text_dim}")
-        train_prompts = [Prompt(t, f[:cfg.text_len]) for t, f in zip(train_texts, features)]
-        heldout = [Prompt(t, f[:cfg.text_len]) for t, f in zip(heldout_texts, features[len(train_texts):])]
-        negative = features[-1][:cfg.text_len] if guided else None
 
-        bar = progress_callback()
+def srpo_train(model, vae, text_encoder, reward, prompts: str, heldout_prompts: str, output_name: str,
+               config: SRPOConfig, options: SRPORunOptions, *, model_high_noise=None) -> dict:
+    """The SRPO nodes' work: encode the prompts, run SRPO, save the LoRA (or full model), report."""
+    train_texts, heldout_texts = _lines(prompts), _lines(heldout_prompts)
+    if not train_texts or not heldout_texts:
+        raise ValueError("SRPO needs at least one training prompt and one held-out prompt (one per line); found "
+                         f"{len(train_texts)} and {len(heldout_texts)}")
+    if not hasattr(reward, "image_features") or not hasattr(reward, "text_features"):
+        raise ValueError(f"reward: expected a WANFLOW_REWARD (WanFlow Load Reward Model); found {type(reward).__name__}")
+    cfg = dit_config(model)
+    codec = vae.load()
+    codec.check_compatible(cfg)
+    source = full_finetune_copy(model) if config.mode == "full" else load_dit(model)
+    high = load_dit(model_high_noise) if model_high_noise is not None else None
 
-        def on_step(step, total, metrics):
-            reward = metrics.extra.get("heldout_reward")
-            note = f" · held-out reward {reward:.4f}" if reward is not None else ""
-            progress_text(f"step {step}/{total} · loss {metrics.loss:.4f} · score {metrics.extra['score']:.4f}{note}")
-            if bar is not None:
-                bar(step, total)
+    encoder = text_encoder.load()
+    guided = config.guidance > 1 or (high is not None and config.guidance_high > 1)
+    texts = train_texts + heldout_texts + ([_negative_text(options.negative_prompt, cfg)] if guided else [])
+    with torch.inference_mode(False):
+        features = [f.detach().float().cpu().clone() for f in encoder.encode(texts)]
+    for f in features:
+        if f.shape[-1] != cfg.text_dim:
+            raise ValueError(f"the text encoder gives {f.shape[-1]}-wide features, the model takes {cfg.text_dim}")
+    train_prompts = [Prompt(t, f[:cfg.text_len]) for t, f in zip(train_texts, features)]
+    heldout = [Prompt(t, f[:cfg.text_len]) for t, f in zip(heldout_texts, features[len(train_texts):])]
+    negative = features[-1][:cfg.text_len] if guided else None
 
-        tile = (decode_tile, decode_tile) if decode_tile else None
-        result = train_srpo(Rollout(source, codec, negative, high), reward, train_prompts, heldout, config,
-                            decode_tile=tile, state_dir=state_dir(output_name, "_srpo"), callback=on_step)
-        try:
-            if result.stopped is not None and result.stopped.reason is StopReason.NON_FINITE:
-                raise RuntimeError(f"SRPO stopped: {result.stopped}. Lower the learning rate; the saved state "
-                                   "resumes from the last good step.")
-            summary = _summary(result)
-            metadata = {meta.BASE_MODEL: _model_name(model), meta.VARIANT: source.config.variant,
-                        meta.STEPS: str(result.steps_done), meta.SRPO_BEST_STEP: str(result.best_step),
-                        meta.SRPO_SUMMARY: summary}
-            if mode == "lora":
-                lora_sd = result.network.comfy_state_dict()
-                path = confined_path(save_folder("loras"), output_name, ".safetensors")
-                save_lora(path, lora_sd, metadata={**metadata, meta.RANK: str(lora_rank),
-                                                   meta.ALPHA: str(config.lora_alpha),
-                                                   meta.TARGETS: config.lora_targets})
-                refresh_file_list("loras")
-                out_model = model_with_lora(model, lora_sd, 1.0)[0]
-            else:
-                out_model, path = save_full_model(source, output_name, save_dtype, metadata)
-        finally:
-            if result.network is not None:
-                result.network.remove()  # the hooks served training; the output carries the LoRA
-        images = result.last_images.permute(0, 2, 3, 1).contiguous() if result.last_images is not None else torch.zeros(1, 64, 64, 3)
-        text = f"{path}\n{summary}"
-        return {"ui": {"text": [text]}, "result": (out_model, str(path), pil_image(reward_curve_image(result)), images)}
+    bar = progress_callback()
+
+    def on_step(step, total, metrics):
+        reward = metrics.extra.get("heldout_reward")
+        note = f" · held-out reward {reward:.4f}" if reward is not None else ""
+        progress_text(f"step {step}/{total} · loss {metrics.loss:.4f} · score {metrics.extra['score']:.4f}{note}")
+        if bar is not None:
+            bar(step, total)
+
+    tile = (options.decode_tile,) * 2 if options.decode_tile else None
+    result = train_srpo(Rollout(source, codec, negative, high), reward, train_prompts, heldout, config,
+                        decode_tile=tile, state_dir=state_dir(output_name, "_srpo"), callback=on_step)
+    try:
+        if result.stopped is not None and result.stopped.reason is StopReason.NON_FINITE:
+            raise RuntimeError(f"SRPO stopped: {result.stopped}. Lower the learning rate; the saved state "
+                               "resumes from the last good step.")
+        summary = _summary(result)
+        metadata = {meta.BASE_MODEL: model_name(model), meta.VARIANT: source.config.variant,
+                    meta.STEPS: str(result.steps_done), meta.SRPO_BEST_STEP: str(result.best_step),
+                    meta.SRPO_SUMMARY: summary}
+        if config.mode == "lora":
+            lora_sd = result.network.comfy_state_dict()
+            path = confined_path(save_folder("loras"), output_name, ".safetensors")
+            save_lora(path, lora_sd, metadata={**metadata, meta.RANK: str(config.lora_rank),
+                                               meta.ALPHA: str(config.lora_alpha),
+                                               meta.TARGETS: config.lora_targets})
+            refresh_file_list("loras")
+            out_model = model_with_lora(model, lora_sd, 1.0)[0]
+        else:
+            out_model, path = save_full_model(source, output_name, options.save_dtype, metadata)
+    finally:
+        if result.network is not None:
+            result.network.remove()  # the hooks served training; the output carries the LoRA
+    images = result.last_images.permute(0, 2, 3, 1).contiguous() if result.last_images is not None else torch.zeros(1, 64, 64, 3)
+    text = f"{path}\n{summary}"
+    return {"ui": {"text": [text]}, "result": (out_model, str(path), pil_image(reward_curve_image(result)), images)}
 
 
 def _summary(result) -> str:
@@ -224,5 +251,73 @@ def _summary(result) -> str:
     return "\n".join(lines)
 
 
-NODE_CLASS_MAPPINGS = {"WanFlowSRPOTrain": WanFlowSRPOTrain}
-NODE_DISPLAY_NAME_MAPPINGS = {"WanFlowSRPOTrain": "WanFlow SRPO Train"}
+class WanFlowSRPOSettings:
+    """The SRPO method's settings beyond the everyday ones, in one collapsible node."""
+
+    DESCRIPTION = (
+        "Settings of WanFlow SRPO Train beyond the ones on the trainer: the rollout (steps, shift, CFG, the A14B "
+        "boundary), Direct-Align (σ window, grid, Δ, branches), Semantic Relative Preference (control words, "
+        "discounts, hinge), the held-out evaluation and its stop rule (drift monitors, patience, keep), LoRA alpha "
+        "and targets, clipping, precision, checkpointing, VAE tiles and saving. Without this node the trainer uses "
+        "these defaults; with it, exactly the values shown here."
+    )
+    CATEGORY = "WanFlow/training"
+    FUNCTION = "run"
+    RETURN_TYPES = ("WANFLOW_SRPO_SETTINGS",)
+    RETURN_NAMES = ("settings",)
+    OUTPUT_TOOLTIPS = ("Connect to the settings input of WanFlow SRPO Train.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        widgets = {**widgets_for(SRPOConfig, "settings"), **widgets_for(SRPORunOptions, "settings")}
+        widgets["negative_prompt"][1]["multiline"] = True
+        return {"required": widgets}
+
+    def run(self, **values):
+        return (settings_output("srpo", SRPOConfig, SRPORunOptions, values),)
+
+
+class WanFlowSRPOTraining:
+    """SRPO reward fine-tuning of a Wan DiT (the Wan2.2 A14B low-noise expert by default)."""
+
+    DESCRIPTION = WanFlowSRPOTrain.DESCRIPTION.replace(
+        "Deprecated: use WanFlow SRPO Train (with WanFlow SRPO Settings). ", "") + (
+        " The method's other settings come from WanFlow SRPO Settings (defaults without it).")
+    CATEGORY = "WanFlow/training"
+    FUNCTION = "run"
+    OUTPUT_NODE = True
+    RETURN_TYPES = WanFlowSRPOTrain.RETURN_TYPES
+    RETURN_NAMES = WanFlowSRPOTrain.RETURN_NAMES
+    OUTPUT_TOOLTIPS = WanFlowSRPOTrain.OUTPUT_TOOLTIPS
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        required = WanFlowSRPOTrain.INPUT_TYPES()["required"]
+        sockets = {k: required[k] for k in ("model", "vae", "text_encoder", "reward", "prompts", "heldout_prompts",
+                                            "output_name")}
+        return {
+            "required": {**sockets, **widgets_for(SRPOConfig, "main")},
+            "optional": {
+                "settings": ("WANFLOW_SRPO_SETTINGS", {"tooltip": "WanFlow SRPO Settings (defaults without it)."}),
+                "model_high_noise": WanFlowSRPOTrain.INPUT_TYPES()["optional"]["model_high_noise"],
+            },
+        }
+
+    def run(self, model, vae, text_encoder, reward, prompts, heldout_prompts, output_name, settings=None,
+            model_high_noise=None, **main):
+        config_fields, option_fields = read_settings(settings, "srpo", "WanFlow SRPO Settings")
+        config = SRPOConfig(**{**config_fields, **config_values(SRPOConfig, main)})
+        return srpo_train(model, vae, text_encoder, reward, prompts, heldout_prompts, output_name, config,
+                          SRPORunOptions(**option_fields), model_high_noise=model_high_noise)
+
+
+NODE_CLASS_MAPPINGS = {
+    "WanFlowSRPOTraining": WanFlowSRPOTraining,
+    "WanFlowSRPOSettings": WanFlowSRPOSettings,
+    "WanFlowSRPOTrain": WanFlowSRPOTrain,  # deprecated: saved graphs keep loading
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "WanFlowSRPOTraining": "WanFlow SRPO Train",
+    "WanFlowSRPOSettings": "WanFlow SRPO Settings",
+    "WanFlowSRPOTrain": "WanFlow SRPO Train (legacy)",
+}

@@ -36,7 +36,9 @@ ALL_NODES = ["WanFlowLoadDiffusionModel", "WanFlowModelInfo", "WanFlowLoadVAE", 
              "WanFlowLoadCLIPVision", "WanFlowTextEncode", "WanFlowVAEEncode", "WanFlowVAEDecode",
              "WanFlowEmptyLatent", "WanFlowImageToVideo", "WanFlowSampler", "WanFlowSaveVideo",
              "WanFlowLoadLoRA", "WanFlowVideoDataset", "WanFlowCacheLatents", "WanFlowTrainLoRA", "WanFlowTrainFull",
-             "WanFlowDemoModels", "WanFlowDemoDataset", "WanFlowLoadRewardModel", "WanFlowSRPOTrain"]
+             "WanFlowDemoModels", "WanFlowDemoDataset", "WanFlowLoadRewardModel", "WanFlowSRPOTrain",
+             "WanFlowLoRATraining", "WanFlowFullTraining", "WanFlowTrainingSettings", "WanFlowSRPOTraining",
+             "WanFlowSRPOSettings"]
 
 
 def test_every_node_is_registered():

@@ -31,30 +31,16 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from .flow_matching import LOSS_WEIGHTINGS, MODES, PRECISIONS, SIGMA_SAMPLINGS, STATE_FILE, TrainConfig, train
+from ..lora import metadata as meta
+from .flow_matching import STATE_FILE, TrainConfig, train
+from .settings import default_of, documented_fields
 
 FULL_FORMATS = ("official", "comfyui")
-_CHOICES = {"mode": MODES, "sigma_sampling": SIGMA_SAMPLINGS, "loss_weighting": LOSS_WEIGHTINGS,
-            "precision": PRECISIONS, "lr_schedule": ("cosine", "constant")}
-_HELP = {
-    "mode": "lora: train adapters on a frozen base; full: train every weight",
-    "steps": "optimizer steps (in total: a resumed run continues up to this number)",
-    "batch_size": "samples per process and micro-step",
-    "grad_accum": "micro-steps per optimizer step",
-    "sigma_range": "train only noise levels in [LO, HI] (Wan2.2 A14B experts: 0.875 1 or 0 0.875)",
-    "lora_targets": "a preset (attention, attention+ffn, self_attention, cross_attention, ffn) or glob patterns",
-    "precision": "bf16: autocast over fp32 master weights; fp32: no autocast",
-    "ema_decay": "0: no EMA; else the saved weights are the EMA weights",
-    "first_frame_clean": "TI2V image-to-video: latent frame 0 stays clean and out of the loss",
-    "save_every": "optimizer steps between resumable states (0: only at the end or on interrupt)",
-}
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, help="the DiT to train: a file or folder load_dit reads")
     parser.add_argument("--latents", required=True, help="latent cache folder (build_latent_cache's index.json + files)")
@@ -68,23 +54,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--device", help="default: cuda:LOCAL_RANK when a GPU is present, else cpu")
     parser.add_argument("--log-every", type=int, default=10, help="print the loss every N steps (rank 0)")
     group = parser.add_argument_group("training settings (TrainConfig)")
-    for f in fields(TrainConfig):
+    for f in documented_fields(TrainConfig):  # help, choices and defaults declared once, on the field
+        default, meta = default_of(f), f.metadata
         flags = ["--" + f.name.replace("_", "-")] + (["--lr"] if f.name == "learning_rate" else [])
-        help_text = f"{_HELP.get(f.name, '')} (default: {f.default})".strip()
-        if isinstance(f.default, bool):
+        help_text = f"{meta['help']} (default: {' '.join(map(str, default)) if isinstance(default, tuple) else default})"
+        if isinstance(default, bool):
             group.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        elif isinstance(f.default, tuple):
-            group.add_argument(*flags, dest=f.name, type=float, nargs=len(f.default), default=None,
+        elif isinstance(default, tuple):
+            group.add_argument(*flags, dest=f.name, type=type(default[0]), nargs=len(default), default=None,
                                metavar=("LO", "HI") if f.name == "sigma_range" else None, help=help_text)
         else:
-            group.add_argument(*flags, dest=f.name, type=type(f.default), choices=_CHOICES.get(f.name),
-                               default=None, help=help_text)
+            group.add_argument(*flags, dest=f.name, type=type(default), choices=meta["choices"], default=None,
+                               help=help_text)
     return parser
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """TrainConfig from the flags that were given (the others keep their defaults)."""
-    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
+    given = {f.name: getattr(args, f.name) for f in documented_fields(TrainConfig)
+             if getattr(args, f.name, None) is not None}
     return TrainConfig(**given)
 
 
@@ -109,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _train(args, config: TrainConfig, rank: int, size: int) -> int:
     from ..formats.dit import load_dit
-    from .latent_cache import load_latent_cache
+    from .latent_cache import check_latents_fit_model, load_latent_cache
 
     log = print if rank == 0 else (lambda *a, **k: None)
     device = _device(args.device)
@@ -118,6 +106,7 @@ def _train(args, config: TrainConfig, rank: int, size: int) -> int:
     dataset = load_latent_cache(args.latents)
     dtype = "fp32" if config.mode == "full" else args.base_dtype or ("bf16" if device.type == "cuda" else "fp32")
     model = load_dit(args.model, dtype=dtype, device=device)
+    check_latents_fit_model(dataset, model.config)  # before any training: the cache was made for this model
     log(f"{model.config.variant or 'Wan DiT'} from {args.model}: {config.mode} training on {len(dataset)} clips, "
         f"{size} process(es) × batch {config.batch_size} × accumulation {config.grad_accum}")
     if (out / STATE_FILE).is_file():
@@ -148,8 +137,8 @@ def save_result(model, result, config: TrainConfig, out: Path, name: str, full_f
     from .distributed import full_model_state_dict, world
 
     rank, _ = world()
-    metadata = {"wanflow.variant": model.config.variant or "", "wanflow.base_model": Path(source).name,
-                "wanflow.steps": result.steps_done, "wanflow.train_config": asdict(config)}
+    metadata = {meta.VARIANT: model.config.variant or "", meta.BASE_MODEL: Path(source).name,
+                meta.STEPS: result.steps_done, meta.TRAIN_CONFIG: asdict(config)}
     if config.mode == "lora":
         from ..lora.adapters import save_lora
 

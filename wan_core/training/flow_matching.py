@@ -101,6 +101,7 @@ class TrainConfig:
 
 
 SAVE_DTYPES = ("bf16", "fp16", "fp32")
+FULL_FINETUNE_LR = 2e-5  # the full fine-tune nodes' default: every weight moves, so 5x below TrainConfig's LoRA rate
 
 
 @dataclass
