@@ -105,6 +105,21 @@ def encode_video(path: Path, images: torch.Tensor, fps: float, fmt: str, crf: in
         container.mux(stream.encode())  # flush the encoder
 
 
+def claim_name(folder: Path, filename: str, counter: int, fmt: str) -> str:
+    """The first free `<filename>_<counter>_.<fmt>` from `counter` on, created empty in one atomic step
+    (exclusive create), so two saves at the same moment never pick the same name."""
+    while True:
+        name = f"{filename}_{counter:05}_.{fmt}"
+        try:
+            os.close(os.open(folder / name, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            return name
+        except FileExistsError:
+            counter += 1
+        except OSError as e:
+            raise ValueError(f"WanFlow Save Video: cannot create {folder / name}: {e.strerror} (check "
+                             "filename_prefix: its name may be too long for the file system)") from e
+
+
 class WanFlowSaveVideo:
     """Save frames (an IMAGE batch) as a video file in the output folder, and show it in the UI."""
 
@@ -151,16 +166,15 @@ class WanFlowSaveVideo:
             folder = Path(folder)
         else:
             folder, filename, counter, subfolder = fallback_save_path(filename_prefix, fallback_output_dir(), width, height)
-        while (folder / f"{filename}_{counter:05}_.{format}").exists():  # never overwrite
-            counter += 1
-        name = f"{filename}_{counter:05}_.{format}"
-
-        partial = folder / f".{name}.{uuid.uuid4().hex[:8]}.part"
+        name = claim_name(folder, filename, counter, format)
+        # the partial file's name is short: a final name the file system takes never fails on it
+        partial = folder / f".wanflow-{uuid.uuid4().hex[:12]}.part"
         try:
             encode_video(partial, images, fps, format, quality, callback=progress_callback())
-            os.replace(partial, folder / name)
-        except BaseException:  # interrupted or failed: remove the partial file, keep nothing broken
+            os.replace(partial, folder / name)  # over our own empty placeholder
+        except BaseException:  # interrupted or failed: remove the partial file and the claim, keep nothing broken
             partial.unlink(missing_ok=True)
+            (folder / name).unlink(missing_ok=True)
             raise
         return {"ui": {"images": [{"filename": name, "subfolder": subfolder, "type": "output"}], "animated": (True,)}}
 

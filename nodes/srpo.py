@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from ..wan_core.generation.defaults import default_negative_prompt
+from ..wan_core.io.write import check_writable
 from ..wan_core.lora import metadata as meta
 from ..wan_core.lora.adapters import save_lora
 from ..wan_core.rewards.srpo import (
@@ -183,6 +184,8 @@ def srpo_train(model, vae, text_encoder, reward, prompts: str, heldout_prompts: 
                          f"{len(train_texts)} and {len(heldout_texts)}")
     if not hasattr(reward, "image_features") or not hasattr(reward, "text_features"):
         raise ValueError(f"reward: expected a WANFLOW_REWARD (WanFlow Load Reward Model); found {type(reward).__name__}")
+    folder = save_folder("loras" if config.mode == "lora" else "diffusion_models")
+    check_writable(confined_path(folder, output_name, ".safetensors"), "output file")  # before any work
     cfg = dit_config(model)
     codec = vae.load()
     codec.check_compatible(cfg)

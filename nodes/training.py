@@ -17,6 +17,7 @@ from dataclasses import replace
 import torch
 
 from ..wan_core.generation.pipeline import Conditioning, generate, seeded_noise
+from ..wan_core.io.write import check_writable
 from ..wan_core.lora import metadata as meta
 from ..wan_core.lora.adapters import save_lora
 from ..wan_core.training.flow_matching import (
@@ -176,6 +177,9 @@ def train_lora(model, latents, output_name: str, config: TrainConfig, options: R
     run = TrainingRun(latents, config, options, config.steps * len(experts), validation)
     for _, m, _ in experts:
         check_latents_fit_model(latents, dit_config(m))
+    # every output can be written: found now, not after training
+    targets = {tag: check_writable(confined_path(save_folder("loras"), output_name + tag, ".safetensors"), "LoRA file")
+               for tag, _, _ in experts}
     paths, outputs, networks, history = [], [], [], []
     high = None
     try:
@@ -196,7 +200,7 @@ def train_lora(model, latents, output_name: str, config: TrainConfig, options: R
                 raise _stopped_error(result)
             run.final_validation(validate, result.steps_done)
             lora_sd = result.network.comfy_state_dict()
-            path = confined_path(save_folder("loras"), output_name + tag, ".safetensors")
+            path = targets[tag]
             save_lora(path, lora_sd, metadata={
                 meta.BASE_MODEL: model_name(m), meta.VARIANT: dit.config.variant,
                 meta.RANK: str(cfg.lora_rank), meta.ALPHA: str(cfg.lora_alpha), meta.STEPS: str(result.steps_done),
@@ -224,6 +228,7 @@ def train_full(model, latents, output_name: str, config: TrainConfig, options: R
     config = replace(config, mode="full")
     run = TrainingRun(latents, config, options, config.steps, validation)
     check_latents_fit_model(latents, dit_config(model))
+    check_writable(confined_path(save_folder("diffusion_models"), output_name, ".safetensors"), "model file")
     dit = full_finetune_copy(model)
     validate = run.validator(dit)
     result = train(dit, latents, config, state_dir=state_dir(output_name), callback=run.on_step,

@@ -25,7 +25,8 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
     """Call write(tmp_path) and move the result into place only once it is complete."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # a short temporary name: a final name the file system takes never fails on its temporary twin
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".wanflow-", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
@@ -45,3 +46,34 @@ def save_safetensors(tensors: dict, path, metadata: dict | None = None) -> Path:
 def save_pth(state_dict: dict, path) -> Path:
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
     return atomic_write(path, lambda tmp: torch.save(tensors, tmp))
+
+
+def check_writable(path: str | os.PathLike, what: str = "output") -> Path:
+    """Make sure `path` can be written, before the work that produces it: its folder can be made (no
+    path component is a file), the name fits the file system, and a file can be created there. The
+    probe leaves nothing behind; an existing file must be writable. -> the path."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as e:
+        raise ValueError(f"cannot write the {what} {path}: a part of its folder is a file ({e.filename})") from e
+    except OSError as e:
+        raise ValueError(f"cannot write the {what} {path}: cannot make its folder ({e.strerror})") from e
+    if len(path.name.encode()) > os.pathconf(path.parent, "PC_NAME_MAX"):
+        raise ValueError(f"cannot write the {what} {path}: the file name is {len(path.name.encode())} bytes, "
+                         f"the file system takes at most {os.pathconf(path.parent, 'PC_NAME_MAX')}")
+    if path.is_dir():
+        raise ValueError(f"cannot write the {what} {path}: a folder of that name exists")
+    if path.exists():
+        if not os.access(path, os.W_OK):
+            raise ValueError(f"cannot write the {what} {path}: the existing file is not writable")
+        return path
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+    except FileExistsError:  # made by someone else meanwhile: it can be replaced like an existing one
+        return path
+    except OSError as e:
+        raise ValueError(f"cannot write the {what} {path}: {e.strerror}") from e
+    os.close(fd)
+    os.unlink(path)
+    return path

@@ -31,7 +31,7 @@ Reward hacking sets in after a few dozen steps, so these are part of the method,
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Sequence
 
 import torch
@@ -47,7 +47,10 @@ from ..training.run import (
     StepMetrics,
     Stop,
     StopReason,
+    base_model_identity,
     check_finite,
+    check_tensors,
+    expect,
     grad_norm,
     load_state,
     run_resumable,
@@ -111,7 +114,7 @@ class SRPOConfig:
     # held-out evaluation and the stop rule
     eval_every: int = setting(10, "Steps between held-out evaluations (0: only at the end).", min=0, max=1_000_000)
     max_saturation_rise: float = setting(0.1, "Stop when the held-out images' saturation (mean per-pixel RGB spread, "
-                                         "pixel units) rises more than this.", min=0.0, max=1.0, step=0.005)
+                                         "pixel units) rises more than this (1 or more: never).", min=0.0, max=100.0, step=0.005)
     max_channel_shift: float = setting(1.0, "Stop when a latent channel's mean moves more than this many of its std "
                                        "before training.", min=0.0, max=1000.0, step=0.05)
     max_fm_loss_ratio: float = setting(1.5, "Stop when the flow-matching loss on held-out latents grows by this "
@@ -440,6 +443,7 @@ class SRPOTrainer(ResumableTrainer):
         self.heldout, self.decode_tile = heldout, decode_tile
         self.decode_checkpointing = True  # recompute the VAE decoder in backward (off only to measure it)
         self.model = model = rollout.model
+        self.base = base_model_identity(model)  # before any weight is touched
         self.device = next(model.parameters()).device
         self.rank, self.world = world()
         rollout.vae.requires_grad_(False)
@@ -586,6 +590,30 @@ class SRPOTrainer(ResumableTrainer):
                 "baseline": self.heldout.baseline, "heldout_latents": self.heldout.latents,
                 "best": None if self.best is None else {"step": self.best[0], "reward": self.best[1],
                                                         "weights": self.best[2]}}
+
+    def check_extra_state(self, state: dict) -> None:
+        like = dict(self.named_params)
+        check_tensors(state, "weights", like)
+        expect(isinstance(state.get("optimizer"), dict), state, "optimizer", "an optimizer state dict",
+               type(state.get("optimizer")).__name__)
+        ours, found = self.generator.get_state(), state.get("generator")
+        expect(torch.is_tensor(found) and found.dtype == torch.uint8 and found.shape == ours.shape, state,
+               "generator", f"a random generator state (uint8 {tuple(ours.shape)})", found)
+        evaluations = state.get("evaluations")
+        names = {f.name for f in fields(Evaluation)}
+        expect(isinstance(evaluations, list) and all(isinstance(e, dict) and set(e) == names for e in evaluations),
+               state, "evaluations", f"a list of dicts with {sorted(names)}", evaluations)
+        baseline, latents = state.get("baseline"), state.get("heldout_latents")
+        expect(baseline is None or (isinstance(baseline, dict) and {"reward", "saturation", "mean", "std", "fm"}
+                                    <= set(baseline)), state, "baseline", "the held-out baseline figures", baseline)
+        expect(latents is None or (torch.is_tensor(latents) and latents.ndim == 5), state, "heldout_latents",
+               "None or latents [N, C, 1, h, w]", latents)
+        best = state.get("best")
+        expect(best is None or (isinstance(best, dict) and set(best) == {"step", "reward", "weights"}
+                                and isinstance(best["step"], int) and 0 <= best["step"] <= state["step"]),
+               state, "best", "None or the best step, reward and weights", best)
+        if best is not None:
+            check_tensors(best, "weights", like)
 
     def load_extra_state(self, state: dict) -> None:
         with torch.no_grad():

@@ -97,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _train(args, config: TrainConfig, rank: int, size: int) -> int:
     from ..formats.dit import load_dit
+    from ..io.write import check_writable
     from .latent_cache import check_latents_fit_model, load_latent_cache
 
     log = print if rank == 0 else (lambda *a, **k: None)
@@ -107,6 +108,8 @@ def _train(args, config: TrainConfig, rank: int, size: int) -> int:
     dtype = "fp32" if config.mode == "full" else args.base_dtype or ("bf16" if device.type == "cuda" else "fp32")
     model = load_dit(args.model, dtype=dtype, device=device)
     check_latents_fit_model(dataset, model.config)  # before any training: the cache was made for this model
+    check_writable(out / (name if config.mode == "full" and args.full_format == "official" else f"{name}.safetensors"),
+                   "result")
     log(f"{model.config.variant or 'Wan DiT'} from {args.model}: {config.mode} training on {len(dataset)} clips, "
         f"{size} process(es) × batch {config.batch_size} × accumulation {config.grad_accum}")
     if (out / STATE_FILE).is_file():

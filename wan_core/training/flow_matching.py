@@ -23,7 +23,18 @@ import torch.nn.functional as F
 
 from ..lora.adapters import LORA_TARGET_PRESETS
 from ..sampling.solvers import shift_sigma
-from .run import NonFiniteError, ResumableTrainer, StepMetrics, Stop, check_finite, grad_norm, run_resumable
+from .run import (
+    NonFiniteError,
+    ResumableTrainer,
+    StepMetrics,
+    Stop,
+    base_model_identity,
+    check_finite,
+    check_tensors,
+    expect,
+    grad_norm,
+    run_resumable,
+)
 from .settings import check_settings, setting
 
 SIGMA_SAMPLINGS = ("uniform", "logit_normal", "shift")
@@ -267,10 +278,12 @@ class BatchStream:
 
     def __init__(self, dataset, global_batch: int, seed: int, position: int = 0):
         self.dataset, self.global_batch, self.seed = dataset, global_batch, seed
-        self.position = 0
-        self.epoch, self.batches, self.cursor = 0, epoch_batches(dataset, global_batch, seed, 0), 0
-        for _ in range(position):
-            self.next()
+        # every epoch has the same number of batches (it depends on the bucket sizes only), so a resume
+        # jumps to its epoch and cursor instead of replaying the batches before it
+        per_epoch = len(epoch_batches(dataset, global_batch, seed, 0))
+        self.epoch, self.cursor = divmod(position, per_epoch)
+        self.batches = epoch_batches(dataset, global_batch, seed, self.epoch)
+        self.position = position
 
     def next(self) -> list[int]:
         if self.cursor == len(self.batches):
@@ -350,6 +363,7 @@ class Trainer(ResumableTrainer):
 
     def __init__(self, model, dataset, config: TrainConfig, *, network=None):
         self.model, self.dataset, self.config = model, dataset, config
+        self.base = base_model_identity(model)  # before any weight is touched
         self.device = next(model.parameters()).device
         self.rank, self.world = _rank_and_world()
         if config.first_frame_clean and getattr(model.config, "model_type", "") != "ti2v":
@@ -446,9 +460,24 @@ class Trainer(ResumableTrainer):
             "data_position": self.stream.position,
         }
 
+    def check_extra_state(self, state: dict) -> None:
+        like = dict(self.named_params)
+        check_tensors(state, "trainable", like)
+        if self.ema is not None:
+            check_tensors(state, "ema", like)
+        expect(isinstance(state.get("optimizer"), dict), state, "optimizer", "an optimizer state dict",
+               type(state.get("optimizer")).__name__)
+        for key, ours in (("generator", self.generator.get_state()), ("torch_rng", torch.get_rng_state())):
+            found = state.get(key)
+            expect(torch.is_tensor(found) and found.dtype == torch.uint8 and found.shape == ours.shape, state, key,
+                   f"a random generator state (uint8 {tuple(ours.shape)})",
+                   tuple(found.shape) if torch.is_tensor(found) else found)
+        # micro-batches served: grad_accum per applied step, and one step's worth more after a non-finite stop
+        position, most = state.get("data_position"), (state["step"] + 1) * self.config.grad_accum
+        expect(isinstance(position, int) and not isinstance(position, bool) and 0 <= position <= most, state,
+               "data_position", f"a whole number in [0, {most}]", position)
+
     def load_extra_state(self, state: dict) -> None:
-        if set(state["trainable"]) != {n for n, _ in self.named_params}:
-            raise ValueError("the saved training state does not match this model's trainable parameters")
         _load_full_params(self, state["trainable"])
         _load_optimizer_state(self, state["optimizer"])
         if self.ema is not None and state["ema"] is not None:
