@@ -159,3 +159,24 @@ def test_an_unwritable_output_is_found_before_step_one(model_folders, monkeypatc
         training_nodes.WanFlowLoRATraining().run(handle(), ToyLatents(), name, steps=2, learning_rate=1e-3,
                                                  lora_rank=2, lora_alpha=2.0, lora_targets="attention", seed=0)
     assert steps == []  # training never started
+
+
+# ---- settings out of range ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("cls, field, value, message", [
+    ("train", "ema_decay", 1.5, "must lie in"), ("train", "warmup_steps", -1, "must lie in"),
+    ("train", "max_grad_norm", float("nan"), "finite"), ("train", "logit_std", 0.0, "must lie in"),
+    ("train", "shift", 0.0, "must lie in"), ("train", "learning_rate", float("inf"), "finite"),
+    ("train", "batch_size", 2.5, "whole number"), ("train", "steps", "10", "expected a number"),
+    ("train", "sigma_sampling", "cosine", "must be one of"), ("train", "gradient_checkpointing", 1, "true or false"),
+    ("train", "sigma_range", (0.2, float("nan")), "finite"),
+    ("srpo", "hinge", float("nan"), "finite"), ("srpo", "eval_every", -2, "must lie in"),
+    ("srpo", "discount_denoise", (0.1, -1.0), "must lie in"), ("srpo", "keep", "first", "must be one of"),
+])
+def test_every_setting_out_of_its_range_is_refused_by_name(cls, field, value, message):
+    from wan_core.rewards.srpo import SRPOConfig
+    from wan_core.training.flow_matching import TrainConfig
+
+    config = TrainConfig if cls == "train" else SRPOConfig
+    with pytest.raises(ValueError, match=f"{config.__name__}.{field}.*{message}"):
+        config(**{field: value})
