@@ -2,7 +2,10 @@
 
 For every UI-format workflow in workflows/*.json (what ComfyUI lists under Templates) this checks
 node types, widget values against INPUT_TYPES, link consistency, and that its API-format twin in
-workflows/api/ is exactly the UI graph converted the way the frontend does it (docs/comfyui.md §10).
+workflows/api/ is exactly the UI graph converted the way the frontend does it (docs/comfyui.md §10);
+that no shipped workflow uses a deprecated node; that every workflow is laid out in groups (each frame
+encloses its nodes, frames do not overlap, the catalogue's grouping is what the file shows); and that
+each trainer's settings node is drawn collapsed and wired to its `settings` input.
 """
 import importlib.util
 import json
@@ -12,6 +15,7 @@ import pytest
 from test_nodes import import_pack
 
 from tools.workflows import catalogue
+from tools.workflows.serializer import GROUP_COLOURS, build, node_defs, node_ids
 from wan_core.io.tensor_files import MODEL_SUFFIXES
 
 PACK_DIR = Path(__file__).resolve().parents[1]
@@ -25,6 +29,14 @@ CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
 # name is as valid in them as in an empty dropdown
 FILE_DROPDOWNS_WITH_BUILTINS = {("WanFlowLoadRewardModel", "reward")}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+# settings node -> the trainers whose `settings` input it feeds
+SETTINGS_NODES = {"WanFlowTrainingSettings": {"WanFlowLoRATraining", "WanFlowFullTraining"},
+                  "WanFlowSRPOSettings": {"WanFlowSRPOTraining"}}
+TRAINERS = {t: s for s, ts in SETTINGS_NODES.items() for t in ts}
+# LiteGraph geometry: a node's title bar is drawn above its pos; a group's title bar (font_size * 1.4)
+# is the top of its bounding box
+NODE_TITLE_HEIGHT = 30
+GROUP_KEYS = {"id", "title", "bounding", "color", "font_size", "flags"}
 
 
 class _Native:
@@ -235,6 +247,163 @@ def test_api_twin_is_the_converted_ui_graph(path, nodes):
     assert stripped == ui_to_api(json.loads(path.read_text()), nodes)
 
 
+def node_rect(node: dict) -> tuple:
+    """(x, y, width, height) a node covers on the canvas: title bar and body, or the title bar only when
+    collapsed (the frontend draws a collapsed node at most as wide as its size)."""
+    x, y = node["pos"]
+    width, height = node["size"]
+    if (node.get("flags") or {}).get("collapsed"):
+        height = 0
+    return x, y - NODE_TITLE_HEIGHT, width, height + NODE_TITLE_HEIGHT
+
+
+def inside(inner, outer) -> bool:
+    return outer[0] <= inner[0] and outer[1] <= inner[1] and \
+        inner[0] + inner[2] <= outer[0] + outer[2] and inner[1] + inner[3] <= outer[1] + outer[3]
+
+
+def overlap(a, b) -> bool:
+    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
+
+
+def group_body(group: dict) -> tuple:
+    """A group's bounding box below its title bar: where its nodes belong."""
+    x, y, w, h = group["bounding"]
+    title = group["font_size"] * 1.4
+    return x, y + title, w, h - title
+
+
+def check_groups(wf, nodes, fname):
+    """Every node the server runs lies in exactly one group, inside its frame below the title bar; notes
+    lie outside every group; frames do not overlap; titles are the catalogue's vocabulary, once each."""
+    groups = wf.get("groups") or []
+    assert groups, f"{fname}: no groups"
+    titles = [g["title"] for g in groups]
+    assert len(titles) == len(set(titles)) and set(titles) <= set(GROUP_COLOURS), f"{fname}: group titles {titles}"
+    assert {"models", "outputs"} <= set(titles), f"{fname}: groups {titles} lack models / outputs"
+    for g in groups:
+        assert set(g) == GROUP_KEYS and g["font_size"] == 24 and g["flags"] == {}, f"{fname}: group {g}"
+        x, y, w, h = g["bounding"]
+        assert all(isinstance(v, int) for v in g["bounding"]) and w > 0 and h > 0, f"{fname}: {g['title']} bounding"
+    for i, a in enumerate(groups):
+        for b in groups[i + 1:]:
+            assert not overlap(a["bounding"], b["bounding"]), f"{fname}: groups {a['title']!r} and {b['title']!r} overlap"
+    for node in wf["nodes"]:
+        rect = node_rect(node)
+        where = f"{fname} node {node['id']} ({node.get('title') or node['type']})"
+        if node["type"] in FRONTEND_ONLY:
+            assert not any(overlap(rect, g["bounding"]) for g in groups), f"{where}: a note inside a group"
+            continue
+        holders = [g["title"] for g in groups if inside(rect, group_body(g))]
+        assert len(holders) == 1, f"{where}: {rect} lies inside {holders or 'no group'}"
+
+
+def check_settings_wiring(wf, nodes, fname):
+    """Each settings node is collapsed and feeds the `settings` input of trainers of its kind; each
+    trainer gets its settings from one; both sit in the same group."""
+    by_id = {n["id"]: n for n in wf["nodes"]}
+    links = {link[0]: link for link in wf["links"]}
+    for node in wf["nodes"]:
+        where = f"{fname} node {node['id']} ({node['type']})"
+        if node["type"] in SETTINGS_NODES:
+            assert (node.get("flags") or {}).get("collapsed") is True, f"{where}: settings node not collapsed"
+            targets = [links[lid] for out in node["outputs"] for lid in out.get("links") or []]
+            assert targets, f"{where}: its settings go nowhere"
+            for _, _, _, target, t_slot, _ in targets:
+                trainer = by_id[target]
+                assert trainer["type"] in SETTINGS_NODES[node["type"]], f"{where}: wired to a {trainer['type']}"
+                assert trainer["inputs"][t_slot]["name"] == "settings", f"{where}: wired to another input"
+                assert same_group(wf, node, trainer), f"{where}: not in its trainer's group"
+        if node["type"] in TRAINERS:
+            slot = next(s for s in node["inputs"] if s["name"] == "settings")
+            assert slot["link"] is not None, f"{where}: no settings node on its settings input"
+            origin = by_id[links[slot["link"]][1]]
+            assert origin["type"] == TRAINERS[node["type"]], f"{where}: settings from a {origin['type']}"
+
+
+def same_group(wf, a, b) -> bool:
+    holder = [[g["title"] for g in wf.get("groups") or [] if inside(node_rect(n), group_body(g))] for n in (a, b)]
+    return holder[0] == holder[1] and len(holder[0]) == 1
+
+
+def check_no_deprecated(wf, nodes, fname):
+    for node in wf["nodes"]:
+        if node["type"] in FRONTEND_ONLY:
+            continue
+        assert not getattr(nodes[node["type"]][0], "DEPRECATED", False), \
+            f"{fname} node {node['id']}: {node['type']} is deprecated"
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.name)
+def test_no_deprecated_nodes(path, nodes):
+    check_no_deprecated(json.loads(path.read_text()), nodes, path.name)
+    api = json.loads(ui_to_api_name(path).read_text())
+    used = {n["class_type"] for n in api.values()}
+    assert not [t for t in used if getattr(nodes[t][0], "DEPRECATED", False)], f"{path.name}: API twin uses {used}"
+
+
+def test_deprecated_nodes_exist(nodes):
+    """The check above has something to catch: the old all-widgets trainers are registered, deprecated."""
+    for name in ("WanFlowTrainLoRA", "WanFlowTrainFull", "WanFlowSRPOTrain"):
+        assert getattr(nodes[name][0], "DEPRECATED", False) is True, name
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.name)
+def test_groups_enclose_their_nodes(path, nodes):
+    check_groups(json.loads(path.read_text()), nodes, path.name)
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.name)
+def test_settings_nodes_are_collapsed_and_wired(path, nodes):
+    check_settings_wiring(json.loads(path.read_text()), nodes, path.name)
+
+
+def test_training_workflows_use_the_new_trainers():
+    """The workflows that train have a current trainer with a settings node (the catalogue's graphs)."""
+    trainers = {}
+    for make in catalogue.WORKFLOWS:
+        g = make()
+        types = [n["type"] for n in g.nodes]
+        trainers[g.name] = sorted(t for t in types if t in TRAINERS)
+        for t in trainers[g.name]:
+            assert types.count(TRAINERS[t]) >= 1, f"{g.name}: {t} without its settings node"
+    assert trainers["wanflow_train_lora_wan21_1.3b"] == ["WanFlowLoRATraining"]
+    assert trainers["wanflow_demo_train"] == ["WanFlowFullTraining"]
+    assert trainers["wanflow_srpo_demo"] == trainers["wanflow_srpo_wan22_a14b_low_noise"] == ["WanFlowSRPOTraining"]
+
+
+def test_groups_hold_the_nodes_the_catalogue_assigns(nodes):
+    """Each node lies in the frame of the group the catalogue puts it in (by node id in the built file)."""
+    defs = node_defs(import_pack())
+    for make in catalogue.WORKFLOWS:
+        g = make()
+        ui, _ = build(g, defs)
+        frames = {grp["title"]: grp for grp in ui["groups"]}
+        assert list(frames) == list(g.groups), g.name
+        by_id = {n["id"]: n for n in ui["nodes"]}
+        for key, nid in node_ids(g).items():
+            spec = next(n for n in g.nodes if n["key"] == key)
+            rect = node_rect(by_id[nid])
+            if spec["group"] is None:
+                assert not any(overlap(rect, f["bounding"]) for f in frames.values()), f"{g.name}/{key}"
+            else:
+                assert inside(rect, group_body(frames[spec["group"]])), f"{g.name}/{key} outside {spec['group']!r}"
+        # the pipeline's order: models leftmost, outputs rightmost
+        xs = {t: f["bounding"][0] for t, f in frames.items()}
+        assert xs["models"] == min(xs.values()) and xs["outputs"] == max(xs.values()), (g.name, xs)
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.name)
+def test_collapse_and_groups_do_not_change_the_api(path, nodes):
+    """Collapsed flags and groups are drawing only: the converted prompt is the same without them."""
+    wf = json.loads(path.read_text())
+    plain = json.loads(json.dumps(wf))
+    plain["groups"] = []
+    for node in plain["nodes"]:
+        node["flags"] = {}
+    assert ui_to_api(plain, nodes) == ui_to_api(wf, nodes)
+
+
 def test_every_api_twin_has_a_ui_original():
     orphans = [p.name for p in sorted((WORKFLOWS / "api").glob("*.json")) if not (WORKFLOWS / p.name).exists()]
     assert orphans == []
@@ -290,6 +459,47 @@ def test_checker_catches_mistakes(nodes):
         with pytest.raises((AssertionError, IndexError, KeyError)):
             check(broken(edit), nodes, what)
             pytest.fail(f"{what}: broken workflow accepted")  # pragma: no cover
+
+    # layout and trainer checks: a node moved out of its group, overlapping groups, a note inside a group,
+    # an expanded or unwired settings node, a deprecated trainer
+    sampler = next(i for i, n in enumerate(original["nodes"]) if n["type"] == "WanFlowSampler")
+    note = next(i for i, n in enumerate(original["nodes"]) if n["type"] == "MarkdownNote")
+    models = next(i for i, g in enumerate(original["groups"]) if g["title"] == "models")
+    layout_mistakes = {
+        "node outside": lambda wf: wf["nodes"][sampler]["pos"].__setitem__(1, -500),
+        "node across the title bar": lambda wf: wf["nodes"][sampler]["pos"].__setitem__(
+            1, next(g for g in wf["groups"] if g["title"] == "generation")["bounding"][1] + 10 + NODE_TITLE_HEIGHT),
+        "group overlap": lambda wf: wf["groups"][models]["bounding"].__setitem__(2, 5000),
+        "note in a group": lambda wf: wf["nodes"][note].update(pos=list(wf["nodes"][loader]["pos"])),
+        "no groups": lambda wf: wf.update(groups=[]),
+        "unknown title": lambda wf: wf["groups"][models].update(title="Models"),
+    }
+    for what, edit in layout_mistakes.items():
+        with pytest.raises(AssertionError):
+            check_groups(broken(edit), nodes, what)
+            pytest.fail(f"{what}: broken layout accepted")  # pragma: no cover
+    training = json.loads(next(p for p in UI_FILES if p.stem == "wanflow_train_lora_wan21_1.3b").read_text())
+    check_settings_wiring(training, nodes, "training")
+    settings = next(i for i, n in enumerate(training["nodes"]) if n["type"] == "WanFlowTrainingSettings")
+    trainer_ = next(i for i, n in enumerate(training["nodes"]) if n["type"] == "WanFlowLoRATraining")
+
+    def unwire(wf):
+        link = next(s["link"] for s in wf["nodes"][trainer_]["inputs"] if s["name"] == "settings")
+        next(s for s in wf["nodes"][trainer_]["inputs"] if s["name"] == "settings")["link"] = None
+        wf["nodes"][settings]["outputs"][0]["links"].remove(link)
+        wf["links"] = [lk for lk in wf["links"] if lk[0] != link]
+
+    wiring_mistakes = {
+        "expanded": (check_settings_wiring, lambda wf: wf["nodes"][settings].update(flags={})),
+        "unwired": (check_settings_wiring, unwire),
+        "deprecated": (check_no_deprecated, lambda wf: wf["nodes"][trainer_].update(type="WanFlowTrainLoRA")),
+    }
+    for what, (check, edit) in wiring_mistakes.items():
+        wf = json.loads(json.dumps(training))
+        edit(wf)
+        with pytest.raises(AssertionError):
+            check(wf, nodes, what)
+            pytest.fail(f"{what}: broken training workflow accepted")  # pragma: no cover
 
     # the reward dropdown takes its built-in entry or a model file name, nothing else
     srpo = json.loads(next(p for p in UI_FILES if p.stem == "wanflow_srpo_wan22_a14b_low_noise").read_text())

@@ -2,6 +2,12 @@
 values, and the model files they load (names and download URLs). Each workflow is a function that
 returns its Graph; WORKFLOWS lists them in the order they are generated. The text of each workflow's
 note is in notes/<workflow name>.md.
+
+Every executed node is in one group, left to right: "models" (loaders), "data" (prompts, images,
+datasets), "training" (a trainer with its settings node, drawn collapsed) or "generation" (latent,
+sampler, decode), "outputs" (what is saved or previewed). Trainers are the current nodes (WanFlow Train
+LoRA / Train Full / SRPO Train), each with its settings node on its `settings` input; a value a workflow
+sets that is not on the trainer is set on the settings node.
 """
 from __future__ import annotations
 
@@ -32,18 +38,19 @@ HPS21 = {"name": "HPS_v2.1_compressed.pt", "url": "https://huggingface.co/xswu/H
          "directory": "reward_models"}
 
 
-def about(g: Graph, models: tuple = (), size: tuple = (460, 520), **fields):
+def about(g: Graph, models: tuple = (), size: tuple = (440, 380), **fields):
     """The workflow's note "About this workflow", leftmost: notes/<workflow name>.md listing `models`."""
-    g.note("note", 0, "About this workflow", note_text(g.name, models, **fields), size=size)
+    g.note("note", "About this workflow", note_text(g.name, models, **fields), size=size)
 
 
 KEEP_FILE_DTYPE = "keep file dtype (low memory)"  # fp8 files stay fp8, upcast one layer at a time
+SEED_FIXED = {"seed:control": "fixed"}
 
 
 def diffusion_model(g: Graph, key: str, file: dict, weight_dtype: str = "default", title: str | None = None):
-    """A WanFlow Load Diffusion Model node for `file` (a model_file entry) in the loaders' column."""
-    g.add(key, "WanFlowLoadDiffusionModel", 1, dict(model_name=file["name"], weight_dtype=weight_dtype,
-                                                    compute_dtype="auto"), models=[file], title=title)
+    """A WanFlow Load Diffusion Model node for `file` (a model_file entry) in the models group."""
+    g.add(key, "WanFlowLoadDiffusionModel", "models", 0, dict(model_name=file["name"], weight_dtype=weight_dtype,
+                                                              compute_dtype="auto"), models=[file], title=title)
 
 
 def t2v_wan21_13b() -> Graph:
@@ -55,8 +62,7 @@ def t2v_wan21_13b() -> Graph:
                 "A red fox trotting through fresh snow in a birch forest at sunrise, warm golden light "
                 "between the white trunks, its breath steaming in the cold air, cinematic, shallow depth of "
                 "field, tracking shot.")
-    g.add("latent", "WanFlowEmptyLatent", 2, dict(width=832, height=480, frames=81, batch_size=1),
-          links=dict(model=("model", "model")))
+    empty_latent(g, dict(width=832, height=480, frames=81, batch_size=1))
     sampler(g, dict(seed=42, steps=30, solver="unipc", shift=8.0, cfg=6.0, denoise=1.0),
             ("encode", "positive"), ("encode", "negative"), ("latent", "latent"))
     decode_and_save(g, fps=16, prefix="wanflow/t2v_wan21_1.3b", native=True)
@@ -68,15 +74,16 @@ def i2v_wan21_14b() -> Graph:
     about(g, (I2V_14B, UMT5, VAE21, CLIP_H))
     diffusion_model(g, "model", I2V_14B)
     text_encoder_and_vae(g, VAE21)
-    g.add("clip_vision", "WanFlowLoadCLIPVision", 1, dict(clip_name=CLIP_H["name"], dtype="auto"), models=[CLIP_H])
-    g.add("image", "LoadImage", 1, dict(image="example.png"), title="Start image", size=(420, 400))
+    g.add("clip_vision", "WanFlowLoadCLIPVision", "models", 0, dict(clip_name=CLIP_H["name"], dtype="auto"),
+          models=[CLIP_H])
+    g.add("image", "LoadImage", "data", 0, dict(image="example.png"), title="Start image", size=(420, 400))
     text_encode(g, "wan2.1 i2v 14B",
                 "A cheerful hand-drawn girl with big blonde hair and a pink dress waves her arms and dances "
                 "on a green hill under a bright blue sky, white clouds drifting slowly, crayon drawing style, "
                 "gentle camera push-in.")
-    g.add("i2v", "WanFlowImageToVideo", 2, dict(width=832, height=480, frames=81, batch_size=1), links=dict(
-        positive=("encode", "positive"), negative=("encode", "negative"), vae=("vae", "vae"),
-        start_image=("image", "IMAGE"), clip_vision=("clip_vision", "clip_vision")))
+    g.add("i2v", "WanFlowImageToVideo", "generation", 0, dict(width=832, height=480, frames=81, batch_size=1),
+          links=dict(positive=("encode", "positive"), negative=("encode", "negative"), vae=("vae", "vae"),
+                     start_image=("image", "IMAGE"), clip_vision=("clip_vision", "clip_vision")))
     sampler(g, dict(seed=42, steps=40, solver="unipc", shift=3.0, cfg=5.0, denoise=1.0),
             ("i2v", "positive"), ("i2v", "negative"), ("i2v", "latent"))
     decode_and_save(g, fps=16, prefix="wanflow/i2v_wan21_14b")
@@ -88,14 +95,14 @@ def ti2v_wan22_5b() -> Graph:
     about(g, (TI2V_5B, UMT5, VAE22))
     diffusion_model(g, "model", TI2V_5B)
     text_encoder_and_vae(g, VAE22)
-    g.add("image", "LoadImage", 1, dict(image="example.png"), title="Start image", size=(420, 400))
+    g.add("image", "LoadImage", "data", 0, dict(image="example.png"), title="Start image", size=(420, 400))
     text_encode(g, "wan2.2 ti2v 5B",
                 "A cheerful hand-drawn girl with big blonde hair and a pink dress spins around on a green hill "
                 "under a bright blue sky, her hair bouncing, white clouds drifting past, crayon drawing style, "
                 "smooth animation.")
-    g.add("i2v", "WanFlowImageToVideo", 2, dict(width=1280, height=704, frames=121, batch_size=1), links=dict(
-        positive=("encode", "positive"), negative=("encode", "negative"), vae=("vae", "vae"),
-        start_image=("image", "IMAGE")))
+    g.add("i2v", "WanFlowImageToVideo", "generation", 0, dict(width=1280, height=704, frames=121, batch_size=1),
+          links=dict(positive=("encode", "positive"), negative=("encode", "negative"), vae=("vae", "vae"),
+                     start_image=("image", "IMAGE")))
     sampler(g, dict(seed=42, steps=50, solver="unipc", shift=5.0, cfg=5.0, denoise=1.0),
             ("i2v", "positive"), ("i2v", "negative"), ("i2v", "latent"))
     decode_and_save(g, fps=24, prefix="wanflow/ti2v_wan22_5b")
@@ -112,8 +119,7 @@ def t2v_wan22_a14b() -> Graph:
                 "A vintage red seaplane glides low over a turquoise lagoon at golden hour, its shadow racing "
                 "across the water, palm-covered islands in the distance, aerial tracking shot, cinematic, "
                 "highly detailed.")
-    g.add("latent", "WanFlowEmptyLatent", 2, dict(width=1280, height=720, frames=81, batch_size=1),
-          links=dict(model=("model", "model")))
+    empty_latent(g, dict(width=1280, height=720, frames=81, batch_size=1))
     sampler(g, dict(seed=42, steps=40, solver="unipc", shift=12.0, cfg=4.0, denoise=1.0, cfg_low_noise=3.0,
                     boundary=0.875),
             ("encode", "positive"), ("encode", "negative"), ("latent", "latent"), low=("model_low", "model"))
@@ -122,43 +128,61 @@ def t2v_wan22_a14b() -> Graph:
 
 
 def text_encoder_and_vae(g: Graph, vae: dict):
-    g.add("text_encoder", "WanFlowLoadTextEncoder", 1, dict(
+    g.add("text_encoder", "WanFlowLoadTextEncoder", "models", 0, dict(
         text_encoder_name=UMT5["name"], tokenizer="auto (embedded in the file or next to it)", device="default",
         weight_dtype="default"), models=[UMT5])
-    g.add("vae", "WanFlowLoadVAE", 1, dict(vae_name=vae["name"], dtype="auto"), models=[vae])
+    g.add("vae", "WanFlowLoadVAE", "models", 0, dict(vae_name=vae["name"], dtype="auto"), models=[vae])
 
 
-def text_encode(g: Graph, variant: str, positive: str):
-    """WanFlow Text Encode of `positive` (empty negative: the variant's official default)."""
-    g.add("encode", "WanFlowTextEncode", 2, dict(positive=positive, negative="", variant=variant),
-          links=dict(text_encoder=("text_encoder", "text_encoder")))
+def text_encode(g: Graph, variant: str, positive: str, col: int = 0, text_encoder=("text_encoder", "text_encoder")):
+    """WanFlow Text Encode of `positive` (empty negative: the variant's official default), in the data group."""
+    g.add("encode", "WanFlowTextEncode", "data", col, dict(positive=positive, negative="", variant=variant),
+          links=dict(text_encoder=text_encoder))
 
 
-def sampler(g: Graph, widgets: dict, positive, negative, latent, low=None):
-    widgets = {"cfg_low_noise": 0.0, "boundary": 0.0, **widgets, "seed:control": "fixed"}
-    links = dict(model=("model", "model"), positive=positive, negative=negative, latent=latent)
+def empty_latent(g: Graph, widgets: dict, model=("model", "model")):
+    g.add("latent", "WanFlowEmptyLatent", "generation", 0, widgets, links=dict(model=model))
+
+
+def sampler(g: Graph, widgets: dict, positive, negative, latent, low=None, model=("model", "model")):
+    widgets = {"cfg_low_noise": 0.0, "boundary": 0.0, **widgets, **SEED_FIXED}
+    links = dict(model=model, positive=positive, negative=negative, latent=latent)
     if low:
         links["model_low_noise"] = low
-    g.add("sampler", "WanFlowSampler", 3, widgets, links)
+    g.add("sampler", "WanFlowSampler", "generation", 1, widgets, links)
 
 
-def decode_and_save(g: Graph, fps: int, prefix: str, native: bool = False):
-    g.add("decode", "WanFlowVAEDecode", 4, dict(tile_size=0), links=dict(samples=("sampler", "latent"),
-                                                                     vae=("vae", "vae")))
-    g.add("save", "WanFlowSaveVideo", 5, dict(fps=float(fps), filename_prefix=prefix, format="mp4", quality=19),
+def decode_and_save(g: Graph, fps: int, prefix: str, native: bool = False, vae=("vae", "vae"), quality: int = 19,
+                    save_col: int = 0):
+    g.add("decode", "WanFlowVAEDecode", "generation", 2, dict(tile_size=0), links=dict(samples=("sampler", "latent"),
+                                                                                    vae=vae))
+    g.add("save", "WanFlowSaveVideo", "outputs", save_col, dict(fps=float(fps), filename_prefix=prefix, format="mp4",
+                                                          quality=quality),
           links=dict(images=("decode", "images")), size=(420, 420))
     if native:  # the same frames through ComfyUI's own video nodes
-        g.add("create_video", "CreateVideo", 5, dict(fps=float(fps)), links=dict(images=("decode", "images")))
-        g.add("save_native", "SaveVideo", 5, dict(filename_prefix=prefix + "_native", format="auto", codec="auto"),
+        g.add("create_video", "CreateVideo", "outputs", 1, dict(fps=float(fps)), links=dict(images=("decode", "images")))
+        g.add("save_native", "SaveVideo", "outputs", 1, dict(filename_prefix=prefix + "_native", format="auto",
+                                                              codec="auto"),
               links=dict(video=("create_video", "VIDEO")), size=(420, 420))
+
+
+def trainer(g: Graph, key: str, type_: str, settings_type: str, widgets: dict, settings: dict, links: dict):
+    """A trainer node and its settings node (drawn collapsed, left of it, wired to its `settings` input) in
+    the training group. `settings`: the settings node's values that differ from its defaults."""
+    g.add(key + "_settings", settings_type, "training", 0, settings, collapsed=True)
+    g.add(key, type_, "training", 1, {**widgets, **SEED_FIXED}, links={**links, "settings": (key + "_settings",
+                                                                                           "settings")})
+    return key
+
+
+def metrics_preview(g: Graph, trainer_key: str):
+    g.add("metrics_plot", "PreviewImage", "outputs", 0, links=dict(images=(trainer_key, "metrics")), size=(420, 300),
+          title="Training metrics")
 
 
 LORA_NAME = "wanflow/my_wan21_1.3b_lora"
 # the training's validation prompt, and the prompt of the workflow that uses the LoRA
 LORA_PROMPT = "A paper-cut style fox walks through an autumn forest, layered paper leaves falling, soft light."
-TRAIN_DEFAULTS = dict(batch_size=1, grad_accum=1, sigma_sampling="shift", shift=5.0, precision="bf16",
-                      gradient_checkpointing=True, seed=0, warmup_steps=0, ema_decay=0.0, loss_weighting="none",
-                      first_frame_clean=False, save_every=0, **{"seed:control": "fixed"}, validate_every=0, validation_steps=20, validation_cfg=1.0)
 
 
 def train_lora_wan21_13b() -> Graph:
@@ -166,30 +190,27 @@ def train_lora_wan21_13b() -> Graph:
     about(g, (T2V_13B, UMT5, VAE21), lora_name=LORA_NAME)
     diffusion_model(g, "model", T2V_13B)
     text_encoder_and_vae(g, VAE21)
-    g.add("dataset", "WanFlowVideoDataset", 1, dict(folder="wanflow_dataset", buckets="480x480x33, 832x480x33",
-                                                   fps=16.0, repeats=1, default_caption="", short_videos="shorten"))
-    g.add("cache", "WanFlowCacheLatents", 2, dict(image_conditioning=False), links=dict(
+    g.add("dataset", "WanFlowVideoDataset", "data", 0, dict(
+        folder="wanflow_dataset", buckets="480x480x33, 832x480x33", fps=16.0, repeats=1, default_caption="",
+        short_videos="shorten"))
+    g.add("cache", "WanFlowCacheLatents", "data", 1, dict(image_conditioning=False), links=dict(
         dataset=("dataset", "dataset"), vae=("vae", "vae"), text_encoder=("text_encoder", "text_encoder")))
     text_encode(g, "wan2.1 t2v (1.3B / 14B)", LORA_PROMPT)
-    g.add("train", "WanFlowTrainLoRA", 3, dict(
-        TRAIN_DEFAULTS, output_name=LORA_NAME, steps=1000, learning_rate=1e-4, rank=32, alpha=32.0,
-        targets="attention+ffn", boundary=0.875, dropout=0.0, validate_every=250, validation_cfg=5.0), links=dict(
-        model=("model", "model"), latents=("cache", "latents"), validation_positive=("encode", "positive"),
-        validation_negative=("encode", "negative"), validation_vae=("vae", "vae")), size=(420, 760))
-    g.add("loss_plot", "PreviewImage", 4, links=dict(images=("train", "loss_curve")), size=(420, 300),
-          title="Loss curve")
-    g.add("save_validation", "WanFlowSaveVideo", 4, dict(fps=16.0, filename_prefix="wanflow/lora_validation",
-                                                        format="mp4", quality=19),
+    trainer(g, "train", "WanFlowLoRATraining", "WanFlowTrainingSettings", dict(
+        output_name=LORA_NAME, steps=1000, learning_rate=1e-4, lora_rank=32, lora_alpha=32.0,
+        lora_targets="attention+ffn", seed=0),
+        settings=dict(validate_every=250, validation_steps=20, validation_cfg=5.0),
+        links=dict(model=("model", "model"), latents=("cache", "latents"), validation_positive=("encode", "positive"),
+                   validation_negative=("encode", "negative"), validation_vae=("vae", "vae")))
+    # a sample of the trained LoRA: the validation prompt at 832x480, 33 frames
+    empty_latent(g, dict(width=832, height=480, frames=33, batch_size=1))
+    sampler(g, dict(seed=42, steps=30, solver="unipc", shift=8.0, cfg=6.0, denoise=1.0),
+            ("encode", "positive"), ("encode", "negative"), ("latent", "latent"), model=("train", "model"))
+    metrics_preview(g, "train")
+    g.add("save_validation", "WanFlowSaveVideo", "outputs", 0, dict(fps=16.0, filename_prefix="wanflow/lora_validation",
+                                                                    format="mp4", quality=19),
           links=dict(images=("train", "validation")), size=(420, 420), title="Validation samples")
-    g.add("latent", "WanFlowEmptyLatent", 4, dict(width=832, height=480, frames=33, batch_size=1),
-          links=dict(model=("model", "model")))
-    g.add("sampler", "WanFlowSampler", 5, dict(seed=42, steps=30, solver="unipc", shift=8.0, cfg=6.0, denoise=1.0,
-                                               cfg_low_noise=0.0, boundary=0.0, **{"seed:control": "fixed"}),
-          links=dict(model=("train", "model"), positive=("encode", "positive"), negative=("encode", "negative"),
-                     latent=("latent", "latent")))
-    g.add("decode", "WanFlowVAEDecode", 6, dict(tile_size=0), links=dict(samples=("sampler", "latent"), vae=("vae", "vae")))
-    g.add("save", "WanFlowSaveVideo", 7, dict(fps=16.0, filename_prefix="wanflow/lora_sample", format="mp4", quality=19),
-          links=dict(images=("decode", "images")), size=(420, 420))
+    decode_and_save(g, fps=16, prefix="wanflow/lora_sample", save_col=1)
     return g
 
 
@@ -197,12 +218,11 @@ def t2v_wan21_13b_lora() -> Graph:
     g = Graph("wanflow_t2v_wan21_1.3b_lora", "Wan2.1 T2V 1.3B with a LoRA")
     about(g, (T2V_13B, UMT5, VAE21))
     diffusion_model(g, "base_model", T2V_13B)
-    g.add("model", "WanFlowLoadLoRA", 1, dict(lora_name=LORA_NAME + ".safetensors", strength_model=1.0),
+    g.add("model", "WanFlowLoadLoRA", "models", 0, dict(lora_name=LORA_NAME + ".safetensors", strength_model=1.0),
           links=dict(model=("base_model", "model")))
     text_encoder_and_vae(g, VAE21)
     text_encode(g, "wan2.1 t2v (1.3B / 14B)", LORA_PROMPT)
-    g.add("latent", "WanFlowEmptyLatent", 2, dict(width=832, height=480, frames=81, batch_size=1),
-          links=dict(model=("model", "model")))
+    empty_latent(g, dict(width=832, height=480, frames=81, batch_size=1))
     sampler(g, dict(seed=42, steps=30, solver="unipc", shift=8.0, cfg=6.0, denoise=1.0),
             ("encode", "positive"), ("encode", "negative"), ("latent", "latent"))
     decode_and_save(g, fps=16, prefix="wanflow/t2v_wan21_1.3b_lora")
@@ -215,34 +235,23 @@ def demo_train() -> Graph:
     held_out = pack_module("wan_core.demo.data").held_out_prompts()
     g = Graph("wanflow_demo_train", "WanFlow demo: train a tiny Wan model from scratch (no downloads)")
     about(g)
-    g.add("demo", "WanFlowDemoModels", 1, dict(seed=0, **{"seed:control": "fixed"}))
-    g.add("data", "WanFlowDemoDataset", 1, dict(clips_per_combo=d.clips_per_combo, seed=0, **{"seed:control": "fixed"}),
+    g.add("demo", "WanFlowDemoModels", "models", 0, dict(seed=0, **SEED_FIXED))
+    g.add("data", "WanFlowDemoDataset", "data", 0, dict(clips_per_combo=d.clips_per_combo, seed=0, **SEED_FIXED),
           links=dict(vae=("demo", "vae"), text_encoder=("demo", "text_encoder")))
-    g.add("train", "WanFlowTrainFull", 2, dict(
-        TRAIN_DEFAULTS, output_name="wanflow/demo_model", steps=d.steps, learning_rate=d.learning_rate,
-        batch_size=d.batch_size, sigma_sampling=d.sigma_sampling, precision="fp32", gradient_checkpointing=False,
-        warmup_steps=d.warmup_steps, save_dtype="fp32"),
-        links=dict(model=("demo", "model"), latents=("data", "latents")), size=(420, 700))
-    g.add("loss_plot", "PreviewImage", 3, links=dict(images=("train", "loss_curve")), size=(420, 300),
-          title="Loss curve")
-    g.add("encode", "WanFlowTextEncode", 3, dict(positive=held_out[0], negative="",
-                                                 variant="wan2.1 t2v (1.3B / 14B)"),
-          links=dict(text_encoder=("demo", "text_encoder")))
-    g.add("latent", "WanFlowEmptyLatent", 3, dict(width=64, height=64, frames=17, batch_size=4),
-          links=dict(model=("train", "model")))
-    g.add("sampler", "WanFlowSampler", 4, dict(seed=1, steps=d.sample_steps, solver="euler", shift=d.sample_shift,
-                                               cfg=1.0, denoise=1.0, cfg_low_noise=0.0, boundary=0.0,
-                                               **{"seed:control": "fixed"}),
-          links=dict(model=("train", "model"), positive=("encode", "positive"), negative=("encode", "negative"),
-                     latent=("latent", "latent")))
-    g.add("decode", "WanFlowVAEDecode", 5, dict(tile_size=0), links=dict(samples=("sampler", "latent"),
-                                                                     vae=("demo", "vae")))
-    g.add("save", "WanFlowSaveVideo", 6, dict(fps=8.0, filename_prefix="wanflow/demo", format="mp4", quality=12),
-          links=dict(images=("decode", "images")), size=(420, 420))
+    text_encode(g, "wan2.1 t2v (1.3B / 14B)", held_out[0], text_encoder=("demo", "text_encoder"))
+    trainer(g, "train", "WanFlowFullTraining", "WanFlowTrainingSettings", dict(
+        output_name="wanflow/demo_model", steps=d.steps, learning_rate=d.learning_rate, seed=0, save_dtype="fp32"),
+        settings=dict(batch_size=d.batch_size, warmup_steps=d.warmup_steps, sigma_sampling=d.sigma_sampling,
+                      precision="fp32", gradient_checkpointing=False),
+        links=dict(model=("demo", "model"), latents=("data", "latents")))
+    empty_latent(g, dict(width=64, height=64, frames=17, batch_size=4), model=("train", "model"))
+    sampler(g, dict(seed=1, steps=d.sample_steps, solver="euler", shift=d.sample_shift, cfg=1.0, denoise=1.0),
+            ("encode", "positive"), ("encode", "negative"), ("latent", "latent"), model=("train", "model"))
+    metrics_preview(g, "train")
+    decode_and_save(g, fps=8, prefix="wanflow/demo", vae=("demo", "vae"), quality=12)
     return g
 
 
-SEED_FIXED = {"seed:control": "fixed"}
 COLOUR_REWARD = "colour (demo, no file)"  # WanFlow Load Reward Model's built-in entry
 # everyday photographic prompts (HPS v2.1 rewards photographic quality); the held-out ones are never trained on
 SRPO_PROMPTS = [
@@ -259,52 +268,73 @@ SRPO_HELDOUT = [
 ]
 
 
-def srpo_outputs(g: Graph, col: int):
-    g.add("reward_curve", "PreviewImage", col, links=dict(images=("srpo", "reward_curve")), size=(520, 420),
+def srpo_outputs(g: Graph):
+    g.add("reward_curve", "PreviewImage", "outputs", 0, links=dict(images=("srpo", "reward_curve")), size=(520, 420),
           title="Held-out reward and loss")
-    g.add("heldout", "PreviewImage", col, links=dict(images=("srpo", "heldout_images")), size=(520, 420),
+    g.add("heldout", "PreviewImage", "outputs", 0, links=dict(images=("srpo", "heldout_images")), size=(520, 420),
           title="Held-out images (last evaluation)")
 
 
 def srpo_demo() -> Graph:
     g = Graph("wanflow_srpo_demo", "WanFlow demo: SRPO reward fine-tuning with a colour reward (no downloads)")
-    about(g, size=(480, 560))
-    g.add("demo", "WanFlowDemoModels", 1, dict(seed=0, **SEED_FIXED))
-    g.add("reward", "WanFlowLoadRewardModel", 1, dict(reward=COLOUR_REWARD, kind="auto", dtype="fp32",
-                                                     device="default"))
+    about(g)
+    g.add("demo", "WanFlowDemoModels", "models", 0, dict(seed=0, **SEED_FIXED))
+    g.add("reward", "WanFlowLoadRewardModel", "models", 0, dict(reward=COLOUR_REWARD, kind="auto", dtype="fp32",
+                                                               device="default"))
     # full fine-tune: the untrained demo DiT's output head is zero, so a LoRA on its blocks gets no gradient.
     # The model ignores the text until trained, so every prompt names one colour (see the note).
-    g.add("srpo", "WanFlowSRPOTrain", 2, dict(
+    trainer(g, "srpo", "WanFlowSRPOTraining", "WanFlowSRPOSettings", dict(
         prompts="a red square moving left\na red square moving up\na red square moving down",
         heldout_prompts="a red square moving right", output_name="wanflow/srpo_demo_model", mode="full",
-        save_dtype="fp32", steps=20, learning_rate=5e-4, width=64, height=64, rollout_steps=8, guidance=1.0,
-        guidance_high=1.0, negative_prompt="a grey square", eval_every=5, precision="fp32",
-        gradient_checkpointing=False, **SEED_FIXED),
+        steps=20, learning_rate=5e-4, width=64, height=64, seed=0),
+        settings=dict(rollout_steps=8, guidance=1.0, guidance_high=1.0, negative_prompt="a grey square",
+                      eval_every=5, precision="fp32", gradient_checkpointing=False, save_dtype="fp32"),
         links=dict(model=("demo", "model"), vae=("demo", "vae"), text_encoder=("demo", "text_encoder"),
                    reward=("reward", "reward")))
-    srpo_outputs(g, 3)
+    srpo_outputs(g)
     return g
 
 
 def srpo_wan22_a14b_low_noise() -> Graph:
     g = Graph("wanflow_srpo_wan22_a14b_low_noise", "SRPO reward fine-tuning of the Wan2.2 T2V A14B low-noise expert")
-    c = pack_module("wan_core.rewards.srpo").SRPOConfig()  # the node's defaults: the note quotes them
-    about(g, (T2V_A14B_LOW, T2V_A14B_HIGH, UMT5, VAE21, HPS21), size=(520, 760), c=c,
-          checkpointing=" with gradient checkpointing" if c.gradient_checkpointing else "")
+    c = pack_module("wan_core.rewards.srpo").SRPOConfig()  # the nodes' defaults: the note quotes them
+    about(g, (T2V_A14B_LOW, T2V_A14B_HIGH, UMT5, VAE21, HPS21), size=(520, 620), c=c)
     diffusion_model(g, "model", T2V_A14B_LOW, weight_dtype=KEEP_FILE_DTYPE, title="Low-noise expert (trained)")
     diffusion_model(g, "model_high", T2V_A14B_HIGH, weight_dtype=KEEP_FILE_DTYPE,
                     title="High-noise expert (rollout only)")
     text_encoder_and_vae(g, VAE21)
-    g.add("reward", "WanFlowLoadRewardModel", 1, dict(reward=HPS21["name"], kind="HPS v2.1", dtype="fp32",
-                                                     device="default"), models=[HPS21])
-    g.add("srpo", "WanFlowSRPOTrain", 2, dict(  # everything else: the node's defaults
+    g.add("reward", "WanFlowLoadRewardModel", "models", 0, dict(reward=HPS21["name"], kind="HPS v2.1", dtype="fp32",
+                                                               device="default"), models=[HPS21])
+    trainer(g, "srpo", "WanFlowSRPOTraining", "WanFlowSRPOSettings", dict(  # everything else: the defaults
         prompts="\n".join(SRPO_PROMPTS), heldout_prompts="\n".join(SRPO_HELDOUT),
-        output_name="wanflow/srpo_wan22_a14b_low_noise", **SEED_FIXED),
+        output_name="wanflow/srpo_wan22_a14b_low_noise"), settings={},
         links=dict(model=("model", "model"), model_high_noise=("model_high", "model"), vae=("vae", "vae"),
                    text_encoder=("text_encoder", "text_encoder"), reward=("reward", "reward")))
-    srpo_outputs(g, 3)
+    srpo_outputs(g)
+    return g
+
+
+def model_info() -> Graph:
+    g = Graph("wanflow_model_info", "WanFlow: model info")
+    about(g, (T2V_13B,), size=(420, 300))
+    diffusion_model(g, "model", T2V_13B)
+    g.add("info", "WanFlowModelInfo", "outputs", 0, links=dict(model=("model", "model")), size=(420, 260))
+    return g
+
+
+def vae_roundtrip() -> Graph:
+    g = Graph("wanflow_vae_roundtrip", "WanFlow: VAE round trip")
+    about(g, (VAE21,), size=(440, 360))
+    g.add("vae", "WanFlowLoadVAE", "models", 0, dict(vae_name=VAE21["name"], dtype="auto"), models=[VAE21])
+    g.add("image", "EmptyImage", "data", 0, dict(width=832, height=480, batch_size=17, color=0x336699))
+    g.add("encode", "WanFlowVAEEncode", "data", 1, dict(tile_size=0), links=dict(pixels=("image", "IMAGE"),
+                                                                                 vae=("vae", "vae")))
+    g.add("decode", "WanFlowVAEDecode", "outputs", 0, dict(tile_size=0), links=dict(samples=("encode", "latent"),
+                                                                                    vae=("vae", "vae")))
+    g.add("save", "SaveImage", "outputs", 1, dict(filename_prefix="wanflow/vae_roundtrip"),
+          links=dict(images=("decode", "images")), size=(400, 360))
     return g
 
 
 WORKFLOWS = [t2v_wan21_13b, i2v_wan21_14b, ti2v_wan22_5b, t2v_wan22_a14b, train_lora_wan21_13b, t2v_wan21_13b_lora,
-             demo_train, srpo_demo, srpo_wan22_a14b_low_noise]
+             demo_train, srpo_demo, srpo_wan22_a14b_low_noise, model_info, vae_roundtrip]

@@ -2,6 +2,13 @@
 Templates dialog lists) and its API-format twin (what the server's /prompt takes), built together so
 the two can never drift apart.
 
+Layout: every executed node belongs to a group (a LiteGraph group: a titled frame the frontend moves
+with its nodes). Groups sit in lanes left to right (a group may be stacked below another one), the
+nodes of a group in its own columns; the group frames are computed from the nodes' positions and
+sizes, so each frame encloses exactly its nodes and no two frames overlap. The note(s) stay outside
+the groups, leftmost. A node may be drawn collapsed (flags.collapsed: only its title bar shows); that
+is UI-only, the API format has no flags and no groups.
+
 Input sockets, widget order and the UI-only widget values (control_after_generate after a seed, the
 upload button of LoadImage) follow the node definitions: the pack's own INPUT_TYPES and, for the
 ComfyUI core nodes used, CORE_NODES below (ComfyUI 0.3.64, frontend 1.27.10, docs/comfyui.md §8–§10).
@@ -30,6 +37,15 @@ CORE_NODES = {
                      "optional": {"audio": ("AUDIO", {})}},
                     ("VIDEO",), ("VIDEO",), "Create Video"),
     "PreviewImage": ({"required": {"images": ("IMAGE", {})}}, (), (), "Preview Image"),
+    "SaveImage": ({"required": {"images": ("IMAGE", {}), "filename_prefix": ("STRING", {"default": "ComfyUI"})}},
+                  (), (), "Save Image"),
+    # no display name in ComfyUI's NODE_DISPLAY_NAME_MAPPINGS: the class name is the title
+    "EmptyImage": ({"required": {"width": ("INT", {"default": 512, "min": 1, "max": 16384, "step": 1}),
+                                 "height": ("INT", {"default": 512, "min": 1, "max": 16384, "step": 1}),
+                                 "batch_size": ("INT", {"default": 1, "min": 1, "max": 4096}),
+                                 "color": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFF, "step": 1,
+                                                   "display": "color"})}},
+                   ("IMAGE",), ("IMAGE",), "EmptyImage"),
     "SaveVideo": ({"required": {"video": ("VIDEO", {}), "filename_prefix": ("STRING", {"default": "video/ComfyUI"}),
                                 "format": (["auto", "mp4"], {"default": "auto"}),
                                 "codec": (["auto", "h264"], {"default": "auto"})}},
@@ -38,24 +54,59 @@ CORE_NODES = {
 
 
 
+# LiteGraph geometry (frontend 1.27): a node's title bar (NODE_TITLE_HEIGHT) is drawn above its `pos`;
+# a group's title bar is font_size * 1.4 high, at the top inside its `bounding` [x, y, width, height].
+NODE_TITLE_HEIGHT = 30
+GROUP_FONT_SIZE = 24
+GROUP_TITLE_HEIGHT = round(GROUP_FONT_SIZE * 1.4)
+GROUP_PADDING = 20  # between a group's frame (below its title bar) and its nodes
+COLUMN_GAP, ROW_GAP, GROUP_GAP = 50, 30, 60
+ORIGIN = (40, 40)
+# the group titles the workflows use, in pipeline order, with their frame colours (LiteGraph's
+# groupcolor palette: pale_blue, green, brown, purple, yellow)
+GROUP_COLOURS = {
+    "models": "#3f789e",
+    "data": "#8A8",
+    "training": "#b06634",
+    "generation": "#a1309b",
+    "outputs": "#b58b2a",
+}
+
+
 class Graph:
-    """Nodes in columns (left to right, stacked top to bottom); links by input/output name."""
+    """Nodes in groups; in a group, in columns (left to right, stacked top to bottom); links by input
+    and output name. Groups take the next lane to the right unless placed `below` another group."""
 
     def __init__(self, name: str, title: str):
         self.name, self.title = name, title
         self.nodes: list[dict] = []
+        self.groups: dict[str, dict] = {}  # title -> {"lane": int}
 
-    def add(self, key: str, type_: str, col: int, widgets: dict | None = None, links: dict | None = None,
-            models: list | None = None, title: str | None = None, size: tuple | None = None) -> str:
-        """widgets: {input name: value}, plus "<name>:control" for a control_after_generate value.
-        links: {input name: (node key, output name)}."""
-        self.nodes.append(dict(key=key, type=type_, col=col, widgets=widgets or {}, links=links or {},
-                               models=models or [], title=title, size=size))
+    def group(self, title: str, below: str | None = None) -> str:
+        """Declare group `title` (implicitly: in the next lane on first use); `below`: stacked under that group."""
+        assert title in GROUP_COLOURS, f"{self.name}: group title {title!r} not one of {list(GROUP_COLOURS)}"
+        if title not in self.groups:
+            lane = self.groups[below]["lane"] if below else 1 + max((v["lane"] for v in self.groups.values()),
+                                                                    default=-1)
+            self.groups[title] = {"lane": lane}
+        return title
+
+    def add(self, key: str, type_: str, group: str, col: int, widgets: dict | None = None, links: dict | None = None,
+            models: list | None = None, title: str | None = None, size: tuple | None = None,
+            collapsed: bool = False) -> str:
+        """A node in `group`, column `col` of that group. widgets: {input name: value}, plus
+        "<name>:control" for a control_after_generate value. links: {input name: (node key, output name)}.
+        collapsed: drawn as its title bar only (the frontend's Collapse)."""
+        assert key not in {n["key"] for n in self.nodes}, f"{self.name}: duplicate node key {key}"
+        self.group(group)
+        self.nodes.append(dict(key=key, type=type_, group=group, col=col, widgets=widgets or {}, links=links or {},
+                               models=models or [], title=title, size=size, collapsed=collapsed))
         return key
 
-    def note(self, key: str, col: int, title: str, text: str, size: tuple) -> str:
-        """A MarkdownNote (drawn by the frontend only, not in the API format)."""
-        self.nodes.append(dict(key=key, type="MarkdownNote", col=col, text=text, title=title, size=size))
+    def note(self, key: str, title: str, text: str, size: tuple) -> str:
+        """A MarkdownNote (drawn by the frontend only, not in the API format), outside the groups, leftmost."""
+        self.nodes.append(dict(key=key, type="MarkdownNote", group=None, col=0, text=text, title=title, size=size,
+                               links={}, collapsed=False))
         return key
 
 
@@ -111,9 +162,7 @@ def estimate_size(n_rows: int, widgets: list[tuple[str, dict]]) -> list[int]:
 
 def build(g: Graph, defs: dict) -> tuple[dict, dict]:
     """(UI-format workflow, API-format prompt) of `g`, its nodes checked against `defs` (node_defs)."""
-    # ids: the executed nodes first (API ids 1, 2, ...), the notes last
-    ranked = sorted(g.nodes, key=lambda n: n["type"] == "MarkdownNote")
-    ids = {n["key"]: i for i, n in enumerate(ranked, start=1)}
+    ids = node_ids(g)
     by_key = {n["key"]: n for n in g.nodes}
     for n in g.nodes:
         assert n["type"] == "MarkdownNote" or n["type"] in defs, f"{g.name}: unknown node type {n['type']}"
@@ -150,7 +199,6 @@ def build(g: Graph, defs: dict) -> tuple[dict, dict]:
         ui_nodes[n["key"]] = order
 
     order_index = topological_order(g, by_key)
-    # columns: x from the widest node of the columns to the left; nodes stacked in each column
     sizes = {}
     for n in g.nodes:
         if n["size"]:
@@ -164,21 +212,13 @@ def build(g: Graph, defs: dict) -> tuple[dict, dict]:
             sizes[n["key"]] = estimate_size(max(n_sock, len(returns)), widget_specs)
             if n["type"].startswith("WanFlowLoad"):  # room for the long file names
                 sizes[n["key"]][0] = 420
-    cols = sorted({n["col"] for n in g.nodes})
-    x, col_x = 40, {}
-    for c in cols:
-        col_x[c] = x
-        x += max(sizes[n["key"]][0] for n in g.nodes if n["col"] == c) + 60
-    y_next = {c: 80 for c in cols}
-    pos = {}
-    for n in g.nodes:
-        pos[n["key"]] = [col_x[n["col"]], y_next[n["col"]]]
-        y_next[n["col"]] += sizes[n["key"]][1] + 60
+    pos, frames = layout(g, sizes)
 
     nodes_ui, prompt = [], {}
     for n in g.nodes:
         nid = ids[n["key"]]
-        base = {"id": nid, "type": n["type"], "pos": pos[n["key"]], "size": sizes[n["key"]], "flags": {},
+        flags = {"collapsed": True} if n["collapsed"] else {}
+        base = {"id": nid, "type": n["type"], "pos": pos[n["key"]], "size": sizes[n["key"]], "flags": flags,
                 "order": order_index[n["key"]], "mode": 0}
         if n["type"] == "MarkdownNote":
             nodes_ui.append({**base, "inputs": [], "outputs": [], "title": n["title"], "properties": {},
@@ -238,7 +278,9 @@ def build(g: Graph, defs: dict) -> tuple[dict, dict]:
         "nodes": sorted(nodes_ui, key=lambda node: node["id"]),
         "links": links,
         "floatingLinks": [],
-        "groups": [],
+        # LGraphGroup.serialize (frontend 1.27): id, title, bounding [x, y, w, h], color, font_size, flags
+        "groups": [{"id": i, "title": title, "bounding": frames[title], "color": GROUP_COLOURS[title],
+                    "font_size": GROUP_FONT_SIZE, "flags": {}} for i, title in enumerate(g.groups, start=1)],
         "definitions": {"subgraphs": []},
         "config": {"links_ontop": False, "align_to_grid": False},
         "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}, "frontendVersion": FRONTEND_VERSION, "reroutes": [],
@@ -246,6 +288,56 @@ def build(g: Graph, defs: dict) -> tuple[dict, dict]:
         "version": 0.4,
     }
     return ui, prompt
+
+
+def node_ids(g: Graph) -> dict:
+    """node key -> node id: the executed nodes first (API ids 1, 2, ... in the catalogue's order), the notes last."""
+    ranked = sorted(g.nodes, key=lambda n: n["type"] == "MarkdownNote")
+    return {n["key"]: i for i, n in enumerate(ranked, start=1)}
+
+
+def footprint(n: dict, size: list) -> int:
+    """The height a node takes on the canvas: its title bar, plus its body unless collapsed."""
+    return NODE_TITLE_HEIGHT + (0 if n["collapsed"] else size[1])
+
+
+def place_block(nodes: list[dict], sizes: dict, x0: int, y0: int, framed: bool, pos: dict) -> tuple[int, int]:
+    """Place `nodes` in their columns with the block's top-left corner at (x0, y0) (inside a group frame:
+    below its title bar, `GROUP_PADDING` from its edges); returns the block's (width, height)."""
+    pad = GROUP_PADDING if framed else 0
+    top = y0 + (GROUP_TITLE_HEIGHT + pad if framed else 0)
+    x, bottom = x0 + pad, top
+    for c in sorted({n["col"] for n in nodes}):
+        column = [n for n in nodes if n["col"] == c]
+        y = top
+        for n in column:
+            pos[n["key"]] = [x, y + NODE_TITLE_HEIGHT]  # pos is the body's corner; the title bar is above it
+            y += footprint(n, sizes[n["key"]]) + ROW_GAP
+        bottom = max(bottom, y - ROW_GAP)
+        x += max(sizes[n["key"]][0] for n in column) + COLUMN_GAP
+    return x - COLUMN_GAP + pad - x0, bottom + pad - y0
+
+
+def layout(g: Graph, sizes: dict) -> tuple[dict, dict]:
+    """(node key -> pos, group title -> bounding [x, y, w, h]): the notes leftmost, then the groups' lanes
+    left to right, groups of one lane stacked top to bottom; each frame is its nodes' block."""
+    pos, frames = {}, {}
+    x = ORIGIN[0]
+    loose = [n for n in g.nodes if n["group"] is None]
+    if loose:
+        width, _ = place_block(loose, sizes, x, ORIGIN[1], False, pos)
+        x += width + GROUP_GAP
+    for lane in sorted({v["lane"] for v in g.groups.values()}):
+        y, lane_width = ORIGIN[1], 0
+        for title in (t for t, v in g.groups.items() if v["lane"] == lane):
+            members = [n for n in g.nodes if n["group"] == title]
+            assert members, f"{g.name}: group {title!r} has no nodes"
+            width, height = place_block(members, sizes, x, y, True, pos)
+            frames[title] = [x, y, width, height]
+            y += height + GROUP_GAP
+            lane_width = max(lane_width, width)
+        x += lane_width + GROUP_GAP
+    return pos, frames
 
 
 def topological_order(g: Graph, by_key: dict) -> dict:
