@@ -78,7 +78,8 @@ took "ComfyUI venv"
 # ---------------------------------------------------------------- the tests
 begin "pytest tests/e2e (COMFYUI_DIR=$COMFYUI_DIR)"
 rc=0
-.venv/bin/python -m pytest tests/e2e -v "$@" || rc=$?
+# --basetemp: the models, ComfyUI's base dir and its log (comfyui.log) stay in out/e2e/pytest after the run
+.venv/bin/python -m pytest tests/e2e -v --durations=10 --basetemp "$WORK/pytest" "$@" || rc=$?
 took "pytest tests/e2e"
 if [ "$rc" = 5 ]; then
   log "pytest collected no end-to-end test (exit 5): failing"
