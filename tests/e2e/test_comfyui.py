@@ -1,13 +1,14 @@
 """End to end in a real ComfyUI (CPU): the pack imports, its workflows run and load in the browser,
 and our DiT matches ComfyUI's own Wan model on the same checkpoint.
 
-Runs only when COMFYUI_DIR points at a ComfyUI checkout (see tests/e2e/README.md). Environment:
+Runs only when COMFYUI_DIR points at a ComfyUI checkout (see tests/e2e/README.md; scripts/e2e.sh
+sets everything up). The harness (comfyui-up.sh, comfyui-down.sh, comfy_e2e.py) is in harness/.
+Environment:
   COMFYUI_DIR            ComfyUI source checkout (required, else the module is skipped)
   COMFYUI_VENV           venv for ComfyUI (default: comfyui-up.sh's default); created on first use
-  WANFLOW_SHARED_TOOLS   folder with comfyui-up.sh, comfyui-down.sh, comfy_e2e.py
-                         (default <repo>/../shared/tools)
   WANFLOW_PACK_NAME      folder name of the pack under custom_nodes/ (default wan-flow)
   WANFLOW_E2E_NO_UI=1    skip the headless-Chromium part
+  WANFLOW_E2E_STRICT=1   a skipped test fails (CI; conftest.py)
 """
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ from wan_core.testing.text_encoder import random_umt5, save_comfyui_file  # noqa
 from wan_core.testing.vae import random_vae, randomize_vae_  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
-TOOLS = Path(os.environ.get("WANFLOW_SHARED_TOOLS", REPO.parent / "shared" / "tools"))
+TOOLS = Path(__file__).resolve().parent / "harness"
 PACK_NAME = os.environ.get("WANFLOW_PACK_NAME", "wan-flow")
 CKPT_NAME = "wan2.1_t2v_1.3B_fp16.safetensors"
 VAE_NAME = "wan_2.1_vae.safetensors"  # tiny widths: what the shipped workflows use
