@@ -65,7 +65,8 @@ CLIP_VOCAB = 49408  # the real CLIP BPE's size: the tiny reward then reads Comfy
 FAST = {"width": 64, "height": 64, "frames": 5, "steps": 3, "train_steps": 3}
 # SRPO at the smallest size the tiny VAEs allow (8x spatial, patch 2: 32 px = 2x2 tokens)
 FAST_SRPO = {"steps": 2, "width": 32, "height": 32, "rollout_steps": 2, "eval_every": 1}
-SHRUNK_NODES = ("WanFlowSampler", "WanFlowSRPOTrain")  # workflows that only run on CPU once shrunk
+TRAINERS = ("WanFlowLoRATraining", "WanFlowFullTraining")  # flow-matching trainer nodes of the shipped workflows
+SHRUNK_NODES = ("WanFlowSampler", "WanFlowSRPOTraining")  # workflows that only run on CPU once shrunk
 CLIP_NAME = "clip_vision_h.safetensors"
 WORKFLOWS = REPO / "workflows"
 API_FILES = sorted((WORKFLOWS / "api").glob("*.json"))
@@ -257,12 +258,16 @@ def fast_generation_prompt(prompt: dict) -> dict:
             node["inputs"]["steps"] = FAST["steps"]
         if node["class_type"] == "WanFlowVideoDataset":
             node["inputs"]["buckets"] = "32x32x5"
-        if node["class_type"] in ("WanFlowTrainLoRA", "WanFlowTrainFull"):
-            node["inputs"].update(steps=FAST["train_steps"], validation_steps=2, validate_every=0)
+        if node["class_type"] in TRAINERS:
+            node["inputs"].update(steps=FAST["train_steps"])
+        if node["class_type"] == "WanFlowTrainingSettings":
+            node["inputs"].update(validation_steps=2, validate_every=0)
         if node["class_type"] == "WanFlowDemoDataset":
             node["inputs"]["clips_per_combo"] = 1
-        if node["class_type"] == "WanFlowSRPOTrain":
-            node["inputs"].update(FAST_SRPO)
+        if node["class_type"] == "WanFlowSRPOTraining":
+            node["inputs"].update({k: FAST_SRPO[k] for k in ("steps", "width", "height")})
+        if node["class_type"] == "WanFlowSRPOSettings":
+            node["inputs"].update({k: FAST_SRPO[k] for k in ("rollout_steps", "eval_every")})
         if node["class_type"] == "WanFlowVAEDecode":
             fast[f"frames{nid}"] = {"class_type": "SaveImage",
                                     "inputs": {"images": [nid, 0], "filename_prefix": f"wanflow_e2e/frames{nid}"}}
@@ -280,7 +285,7 @@ def test_api_workflow_runs(server, path, tmp_path):
     info_nodes = [nid for nid, n in prompt.items() if n["class_type"] == "WanFlowModelInfo"]
     save_nodes = [nid for nid, n in prompt.items() if n["class_type"] == "SaveImage"]
     video_nodes = [nid for nid, n in prompt.items() if n["class_type"] in ("WanFlowSaveVideo", "SaveVideo")]
-    srpo_nodes = [nid for nid, n in prompt.items() if n["class_type"] == "WanFlowSRPOTrain"]
+    srpo_nodes = [nid for nid, n in prompt.items() if n["class_type"] == "WanFlowSRPOTraining"]
     preview_nodes = [nid for nid, n in prompt.items() if n["class_type"] == "PreviewImage"]
     report, downloads = tmp_path / "report.json", tmp_path / "downloads"
     args = ["run", path, "--timeout", "600", "--report", report, "--download", downloads]
@@ -312,15 +317,15 @@ def check_training_outputs(prompt, outputs, base: Path) -> None:
 
     for nid, node in prompt.items():
         kind = node["class_type"]
-        if kind not in ("WanFlowTrainLoRA", "WanFlowTrainFull"):
+        if kind not in TRAINERS:
             continue
-        folder = "loras" if kind == "WanFlowTrainLoRA" else "diffusion_models"
+        folder = "loras" if kind == "WanFlowLoRATraining" else "diffusion_models"
         path = base / "models" / folder / (node["inputs"]["output_name"] + ".safetensors")
         assert outputs[nid]["text"][0] == str(path.resolve()), outputs[nid]
         with safe_open(path, "pt") as f:
             meta, keys = f.metadata(), list(f.keys())
         assert meta["wanflow.steps"] == str(FAST["train_steps"]), meta
-        if kind == "WanFlowTrainLoRA":
+        if kind == "WanFlowLoRATraining":
             assert keys and all(k.startswith("diffusion_model.blocks.") for k in keys), keys[:3]
             assert any(k.endswith(".lora_down.weight") for k in keys) and any(k.endswith(".alpha") for k in keys)
         else:
@@ -337,7 +342,7 @@ def check_srpo_outputs(prompt, outputs, base: Path, downloads: Path) -> None:
     from safetensors import safe_open
 
     for nid, node in prompt.items():
-        if node["class_type"] != "WanFlowSRPOTrain":
+        if node["class_type"] != "WanFlowSRPOTraining":
             continue
         inputs = node["inputs"]
         lora = inputs.get("mode", "lora") == "lora"
@@ -371,7 +376,7 @@ def check_srpo_outputs(prompt, outputs, base: Path, downloads: Path) -> None:
             arrays = [np.asarray(PIL_Image().open(downloads / f"{pid}_{e['filename']}").convert("RGB")) for e in images]
             assert all(a.shape == shape for a in arrays), [a.shape for a in arrays]
             assert all(a.std() > 1.0 for a in arrays), "blank preview"
-        print(f"  WanFlowSRPOTrain {nid}: wrote {path.relative_to(base)} ({len(keys)} tensors), its state, a reward "
+        print(f"  WanFlowSRPOTraining {nid}: wrote {path.relative_to(base)} ({len(keys)} tensors), its state, a reward "
               f"curve and {n_heldout} held-out image(s)\n    " + meta["wanflow.srpo.summary"].replace("\n", "\n    "))
 
 
@@ -508,6 +513,16 @@ def test_ui_workflow_loads_in_browser(server, path, tmp_path):
     # queued from the page (Queue button path: the frontend's graphToPrompt, then POST /prompt)
     if queue:
         assert rep.get("queue_http_status") == 200 and rep.get("status") == "success", rep
+    # every trainer node fits on one screen at the default zoom (its settings node collapsed)
+    for n in rep["nodes"]:
+        if n["type"] in TRAINERS + ("WanFlowSRPOTraining",):
+            assert n["size"][1] <= rep["viewport"][1], f"{n['type']} is {n['size'][1]:.0f} px tall: {n}"
+        if n["type"] in ("WanFlowTrainingSettings", "WanFlowSRPOSettings"):
+            assert n["collapsed"], n
+    if os.environ.get("WANFLOW_SCREENSHOT_DIR"):  # the README's workflow pictures
+        shots = Path(os.environ["WANFLOW_SCREENSHOT_DIR"])
+        shots.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(tmp_path / "ui.png", shots / f"{path.stem}.png")
     # the frontend's own UI->API conversion equals the shipped API twin
     twin = WORKFLOWS / "api" / path.name
     if twin.exists():
