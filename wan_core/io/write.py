@@ -1,9 +1,7 @@
-"""Writing a Wan DiT state dict in the layouts users have on disk.
-
-The same weights can be written as the official release (config.json + safetensors, optionally
-sharded with an index json), as a ComfyUI single file (optionally with the `model.diffusion_model.`
-prefix, in fp16/bf16, plain fp8 or ComfyUI "scaled fp8"), or as a torch .pth. Files are written
-atomically (temporary file, then rename), so an interrupted save never leaves a broken checkpoint.
+"""Writing files safely, with no model knowledge: `atomic_write` (temporary file, then rename, so an
+interrupted save never leaves a broken file and the previous one survives), safetensors and weights-only
+.pth writers on top of it, and `check_writable` (an output found unwritable before the work, not after).
+The model layouts (official, ComfyUI, fp8) are written by `wan_core.formats`.
 """
 from __future__ import annotations
 

@@ -1,30 +1,9 @@
-"""LoRA for the Wan DiT: trainable adapters, and loading LoRA files of every common format.
+"""Trainable LoRA adapters for the Wan DiT, and their file (loading other formats: `keys`, merging: `merge`).
 
 Training side: `add_lora(model, ...)` attaches low-rank adapters to chosen Linear layers through
 forward hooks, so the model's own `state_dict()` keeps exactly its official keys. `save_lora` writes
 them in ComfyUI's native keys (`diffusion_model.<module>.lora_up/lora_down.weight` + `.alpha`), which
 ComfyUI's LoraLoaderModelOnly reads as is (docs/formats.md §10).
-
-Loading side: `parse_lora(file or state dict)` normalizes the key styles found in the wild to the
-official module paths:
-  * ComfyUI / diffusion-pipe: `diffusion_model.<path>` + `lora_up/lora_down`, `lora_A/lora_B` (with or
-    without `.weight`, with `.default`), `lora.up/lora.down`, `_lora.up/down`, `lora_linear_layer.up/down`;
-  * sd-scripts / musubi-tuner: `lora_unet_<path with _>` (Wan-Fun: `lora_unet__...`); the underscores
-    are mapped back against the module names of the Wan DiT itself, never by blind replacement;
-  * diffusers / PEFT: `transformer.<diffusers path>` (attn1/attn2, to_q..to_out.0, add_k_proj, ffn.net...);
-  * DiffSynth-Studio: bare official paths, maybe prefixed `pipe.dit.` / `model.`, with `lora_A.default`;
-  * `.alpha` as a float or int64 scalar (absent: scale 1, as ComfyUI does), `.diff` / `.diff_b` deltas.
-`check_lora` matches a parsed LoRA against a model (shapes, I2V-only modules, another model width),
-`lora_deltas` gives the weight deltas without touching the model, `apply_lora` merges them in place:
-W += strength · (alpha / rank) · up @ down, computed in fp32 and rounded once to the weight's dtype.
-fp8 weights (low-memory mode, optionally with a `weight_scale`) are dequantized, updated and stored
-in bf16 with the scale cleared: re-quantizing the sum would lose most of a small LoRA delta.
-
-Conv weights (patch_embedding) take LoRAs whose down is [r, in, k...] or flattened [r, in·k...].
-
-`set_applied_loras(model, [(parsed, strength), ...])` makes a model's weights equal to its original
-weights plus those LoRAs, keeping CPU backups of what it changed (one copy of each changed weight) so
-that another list, or none, can be set later: one module shared by users wanting different LoRAs.
 """
 from __future__ import annotations
 

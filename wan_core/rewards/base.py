@@ -1,4 +1,4 @@
-"""Differentiable image-text rewards for reward fine-tuning (`wan_core.srpo`).
+"""Differentiable image-text rewards for reward fine-tuning (`wan_core.rewards.srpo`).
 
 A reward model embeds images and texts into one space; the reward of an image for a text is
 `score_scale · <f_img, f_text>` with both embeddings of unit length. SRPO's Semantic Relative

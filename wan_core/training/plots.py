@@ -1,8 +1,9 @@
-"""A training-loss curve drawn as a PIL image (no plotting library needed).
+"""Training curves drawn as PIL images (no plotting library needed).
 
 `loss_curve_image(losses)` draws the per-step losses (thin, light) and their moving average (bold),
 with labelled axes; the y axis is logarithmic when the losses span more than a factor of 20.
 Non-finite losses (a diverged step) are left out of the curve and counted in the title.
+`metrics_image(history)` stacks one such panel per metric every trainer reports (`training.run`).
 """
 from __future__ import annotations
 
