@@ -13,6 +13,9 @@ def _frame(image, name: str, index: int) -> torch.Tensor:
     if not torch.is_tensor(image) or image.ndim != 4 or image.shape[-1] < 3:
         found = tuple(image.shape) if torch.is_tensor(image) else type(image).__name__
         raise ValueError(f"{name}: expected an IMAGE [N, H, W, 3]; found {found}")
+    if image.numel() == 0:
+        raise ValueError(f"{name}: the IMAGE batch is empty (shape {tuple(image.shape)}); expected at least one "
+                         f"frame [N >= 1, H, W, 3]")
     return image[index, ..., :3].movedim(-1, 0)[None].float() * 2 - 1
 
 
@@ -60,9 +63,9 @@ class WanFlowImageToVideo:
 
     def condition(self, positive, negative, vae, start_image, width, height, frames, batch_size,
                   clip_vision=None, end_image=None):
-        module = vae.load()
-        first_image = _frame(start_image, "start_image", 0)
+        first_image = _frame(start_image, "start_image", 0)  # checked before the VAE loads
         last_image = None if end_image is None else _frame(end_image, "end_image", -1)
+        module = vae.load()
         inputs = image_to_video_inputs(module, first_image, last_image, width, height, frames,
                                        callback=progress_callback())
         if inputs.latent is not None:  # Wan2.2 TI2V-5B: the start frame is latent frame 0

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..wan_core.lora.keys import parse_lora, to_comfy_state_dict
-from ..wan_core.lora.merge import LoraReport, check_lora
+from ..wan_core.lora.merge import LoraReport, check_lora, check_strength
 from ..wan_core.models.dit import WanDiT
 from .comfy_bridge import ModelHandle, _comfy, list_model_files, model_file_path
 from .models import MODEL_TYPES, dit_config
@@ -54,6 +54,7 @@ class WanFlowLoadLoRA:
         }
 
     def load(self, model, lora_name, strength_model=1.0):
+        strength_model = check_strength(strength_model, "WanFlow Load LoRA: strength_model")
         path = model_file_path("loras", lora_name)
         if strength_model == 0:
             text = f"LoRA {lora_name}: strength 0, not applied"
@@ -66,6 +67,7 @@ class WanFlowLoadLoRA:
 def model_with_lora(model, lora, strength: float = 1.0):
     """(a new model carrying the LoRA, LoraReport) for a WanFlow handle or a native MODEL; the input
     model is not changed. `lora`: a file path, a state dict (any key style) or a ParsedLora."""
+    strength = check_strength(strength)
     parsed = parse_lora(lora)
     if isinstance(model, ModelHandle):
         report = check_lora(model.module, parsed)  # raises when nothing in the LoRA fits

@@ -5,11 +5,11 @@ import torch
 
 from ..wan_core.generation.conditioning import concat_y
 from ..wan_core.generation.defaults import official_defaults
-from ..wan_core.generation.pipeline import Conditioning, generate, seeded_noise
+from ..wan_core.generation.pipeline import Conditioning, check_seed, generate, seeded_noise
 from ..wan_core.generation.preview import latent_rgb_preview
 from ..wan_core.generation.shapes import latent_stride, video_latent_shape
 from ..wan_core.models.vae import denormalize_latent, normalize_latent
-from ..wan_core.sampling.solvers import SOLVERS
+from ..wan_core.sampling.solvers import SOLVERS, finite_number
 from .comfy_bridge import intermediate_device, progress_callback
 from .models import MODEL_TYPES, dit_config, load_dit
 
@@ -44,6 +44,23 @@ class WanFlowEmptyLatent:
     def empty(self, model, width, height, frames, batch_size):
         shape = video_latent_shape(dit_config(model), batch_size, width, height, frames)
         return ({"samples": torch.zeros(shape, device=intermediate_device())},)
+
+
+def latent_samples(latent, name: str) -> torch.Tensor:
+    """The 'samples' tensor of a LATENT input; a clear error naming the input for anything else."""
+    if not isinstance(latent, dict):
+        raise ValueError(f"{name}: expected a LATENT (a dict with 'samples' [B, C, T, h, w]); "
+                         f"found {type(latent).__name__}")
+    if "samples" not in latent:
+        raise ValueError(f"{name}: expected a LATENT with 'samples' [B, C, T, h, w]; found a dict with keys "
+                         f"{sorted(map(str, latent))}")
+    samples = latent["samples"]
+    if not torch.is_tensor(samples):
+        raise ValueError(f"{name}: expected LATENT 'samples' to be a tensor [B, C, T, h, w]; "
+                         f"found {type(samples).__name__}")
+    if samples.numel() == 0:
+        raise ValueError(f"{name}: the LATENT is empty (samples of shape {tuple(samples.shape)})")
+    return samples
 
 
 class ClipVisionFeatures:
@@ -151,11 +168,14 @@ class WanFlowSampler:
 
     def sample(self, model, positive, negative, latent, seed, steps, solver, shift, cfg, denoise,
                model_low_noise=None, cfg_low_noise=0.0, boundary=0.0):
+        seed = check_seed(seed, "WanFlow Sampler: seed")
+        for name, value in (("shift", shift), ("cfg", cfg), ("denoise", denoise), ("cfg_low_noise", cfg_low_noise),
+                            ("boundary", boundary)):
+            finite_number(value, f"WanFlow Sampler: {name}")
         config = dit_config(model)
-        raw = latent["samples"] if isinstance(latent, dict) else None
-        if not torch.is_tensor(raw) or raw.ndim != 5:
-            raise ValueError("latent: expected a video LATENT {'samples': [B, C, T, h, w]}; found "
-                             f"{tuple(raw.shape) if torch.is_tensor(raw) else type(latent).__name__}")
+        raw = latent_samples(latent, "latent")
+        if raw.ndim != 5:
+            raise ValueError(f"latent: expected a video LATENT {{'samples': [B, C, T, h, w]}}; found {tuple(raw.shape)}")
         if raw.shape[1] != config.out_dim:
             raise ValueError(f"the latent has {raw.shape[1]} channels but {config.variant or 'the model'} samples "
                              f"{config.out_dim}-channel latents (TI2V-5B: 48, others: 16); make it for this model")
@@ -167,15 +187,17 @@ class WanFlowSampler:
         clip, y = image_inputs(pos_extras, config, raw.shape)
         cond = Conditioning(text_context(pos, config, raw.shape[0]), text_context(neg, config, raw.shape[0]), clip, y)
 
-        dit = load_dit(model)
-        low = load_dit(model_low_noise) if model_low_noise is not None else None
         mask = latent.get("noise_mask")
-        start = normalize_latent(raw.float()) if (denoise < 1 or mask is not None) else None
+        if mask is not None and not torch.is_tensor(mask):
+            raise ValueError(f"latent: noise_mask must be a tensor [B, 1, T, h, w]; found {type(mask).__name__}")
         if mask is not None:
             mask = mask.unsqueeze(1) if mask.ndim == 4 else mask  # [B, T, h, w] -> [B, 1, T, h, w]
             if mask.ndim != 5 or mask.shape[1] != 1 or mask.shape[-3:] != raw.shape[-3:]:
                 raise ValueError(f"noise_mask: expected [B, 1, T, h, w] at the latent's size {tuple(raw.shape[-3:])}; "
                                  f"found {tuple(mask.shape)}")
+        dit = load_dit(model)
+        low = load_dit(model_low_noise) if model_low_noise is not None else None
+        start = normalize_latent(raw.float()) if (denoise < 1 or mask is not None) else None
         steps = steps or d.steps
         x0 = generate(
             dit, seeded_noise(raw.shape, seed), cond, steps=steps, shift=shift or d.shift,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from .comfy_bridge import free_memory_bytes, intermediate_device, progress_callback
+from .sampling import latent_samples
 
 TILE_TOOLTIP = ("Spatial tile size in pixels. 0 = automatic: tiles only when the clip would not fit in free GPU "
                 "memory. Tiles overlap by a quarter and are blended; smaller tiles use less memory.")
@@ -52,6 +53,9 @@ class WanFlowVAEEncode:
         if not torch.is_tensor(pixels) or pixels.ndim != 4 or pixels.shape[-1] < 3:
             found = tuple(pixels.shape) if torch.is_tensor(pixels) else type(pixels).__name__
             raise ValueError(f"WanFlow VAE Encode: expected IMAGE frames [N, H, W, 3], found {found}")
+        if pixels.numel() == 0:
+            raise ValueError(f"WanFlow VAE Encode: the IMAGE batch is empty (shape {tuple(pixels.shape)}); expected "
+                             f"at least one frame [N >= 1, H, W, 3]")
         module = vae.load()
         video = pixels[..., :3].movedim(-1, 0).unsqueeze(0) * 2 - 1  # [1, 3, N, H, W] in [-1, 1]
         module.check_video(video)  # clear errors (frame count, size) before any transfer or compute
@@ -83,8 +87,10 @@ class WanFlowVAEDecode:
         }
 
     def decode(self, samples, vae, tile_size=0):
-        latent = samples["samples"] if isinstance(samples, dict) else samples
-        if torch.is_tensor(latent) and latent.ndim == 4:
+        latent = latent_samples(samples, "WanFlow VAE Decode: samples") if not torch.is_tensor(samples) else samples
+        if latent.numel() == 0:
+            raise ValueError(f"WanFlow VAE Decode: the LATENT is empty (shape {tuple(latent.shape)})")
+        if latent.ndim == 4:
             latent = latent.unsqueeze(2)  # an image latent [B, C, H, W] is one latent frame
         module = vae.load()
         module.check_latent(latent)

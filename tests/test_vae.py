@@ -15,6 +15,38 @@ from wan_core.testing.vae import random_vae
 
 VERSIONS = ["2.1", "2.2"]
 
+# The released per-channel latent statistics, written out here (not imported from the code under test) so a
+# typo in wan_core/models/vae.py fails a test. Source: the official Wan repositories, wan/modules/vae2_1.py
+# (`Wan2_1_VAE.__init__`, also Wan2.1's wan/modules/vae.py `WanVAE.__init__`) and wan/modules/vae2_2.py
+# (`Wan2_2_VAE.__init__`); the same numbers are in ComfyUI latent_formats.Wan21 / Wan22 and in this repository's
+# docs/conventions.md §8.
+OFFICIAL_MEAN = {
+    "2.1": [-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
+            0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921],
+    "2.2": [-0.2289, -0.0052, -0.1323, -0.2339, -0.2799, 0.0174, 0.1838, 0.1557,
+            -0.1382, 0.0542, 0.2813, 0.0891, 0.1570, -0.0098, 0.0375, -0.1825,
+            -0.2246, -0.1207, -0.0698, 0.5109, 0.2665, -0.2108, -0.2158, 0.2502,
+            -0.2055, -0.0322, 0.1109, 0.1567, -0.0729, 0.0899, -0.2799, -0.1230,
+            -0.0313, -0.1649, 0.0117, 0.0723, -0.2839, -0.2083, -0.0520, 0.3748,
+            0.0152, 0.1957, 0.1433, -0.2944, 0.3573, -0.0548, -0.1681, -0.0667],
+}
+OFFICIAL_STD = {
+    "2.1": [2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
+            3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160],
+    "2.2": [0.4765, 1.0364, 0.4514, 1.1677, 0.5313, 0.4990, 0.4818, 0.5013,
+            0.8158, 1.0344, 0.5894, 1.0901, 0.6885, 0.6165, 0.8454, 0.4978,
+            0.5759, 0.3523, 0.7135, 0.6804, 0.5833, 1.4146, 0.8986, 0.5659,
+            0.7069, 0.5338, 0.4889, 0.4917, 0.4069, 0.4999, 0.6866, 0.4093,
+            0.5709, 0.6065, 0.6415, 0.4944, 0.5726, 1.2042, 0.5458, 1.6887,
+            0.3971, 1.0600, 0.3943, 0.5537, 0.5444, 0.4089, 0.7468, 0.7744],
+}
+
+
+def official_stats(version):
+    """The official (mean, std) as [1, C, 1, 1, 1] fp32 tensors."""
+    mean = torch.tensor(OFFICIAL_MEAN[version], dtype=torch.float32).view(1, -1, 1, 1, 1)
+    return mean, torch.tensor(OFFICIAL_STD[version], dtype=torch.float32).view(1, -1, 1, 1, 1)
+
 
 @pytest.fixture(scope="module")
 def vaes():
@@ -47,15 +79,43 @@ def test_encode_decode_match_diffusers(vaes, version):
 
 
 @pytest.mark.parametrize("version", VERSIONS)
+def test_latent_statistics_are_the_official_ones(version):
+    """The table itself, digit for digit, against the literals above (and diffusers' own default for 2.1)."""
+    from diffusers import AutoencoderKLWan
+
+    from wan_core.models.vae import VAEConfig, latent_stats
+    assert LATENT_MEAN[version] == OFFICIAL_MEAN[version]
+    assert LATENT_STD[version] == OFFICIAL_STD[version]
+    mean, std = official_stats(version)
+    got_mean, got_inv_std = latent_stats(VAEConfig.released(version))
+    assert torch.equal(got_mean, mean) and torch.allclose(got_inv_std, 1 / std, rtol=1e-7, atol=0)
+    # diffusers' AutoencoderKLWan defaults are the Wan2.1 statistics (its Wan2.2 has no default): a second source.
+    # The parity fixture (wan_core/testing/vae.py) passes our table to diffusers, so its config is checked here too.
+    if version == "2.1":
+        defaults = AutoencoderKLWan().config
+        assert list(defaults.latents_mean) == OFFICIAL_MEAN["2.1"]
+        assert list(defaults.latents_std) == pytest.approx(OFFICIAL_STD["2.1"], abs=0)
+    ref = diffusers_vae(random_vae(version, seed=3))
+    assert list(ref.config.latents_mean) == OFFICIAL_MEAN[version]
+    assert list(ref.config.latents_std) == OFFICIAL_STD[version]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
 def test_normalization_uses_official_constants(vaes, version):
     vae = vaes[version]
-    mean = torch.tensor(LATENT_MEAN[version]).view(1, -1, 1, 1, 1)
-    std = torch.tensor(LATENT_STD[version]).view(1, -1, 1, 1, 1)
+    mean, std = official_stats(version)  # literals, not the code's own table
     video = video_for(vae, frames=5)
     raw = vae.encode(video, normalized=False)
     assert_close(vae.encode(video), (raw - mean) / std, 1e-5, "normalized encode")
     z = torch.randn_like(raw)
     assert_close(vae.decode(z), vae.decode(z * std + mean, normalized=False), 1e-5, "normalized decode")
+    # the latent at the node edges (raw LATENT <-> what the DiT sees) uses the same official numbers
+    from wan_core.models.vae import denormalize_latent, normalize_latent
+    raw = torch.randn(2, vae.config.z_dim, 3, 4, 5) * 2
+    torch.testing.assert_close(normalize_latent(raw), (raw - mean) / std, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(denormalize_latent(raw), raw * std + mean, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(vae.normalize(raw), (raw - mean) / std, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(vae.denormalize(raw), raw * std + mean, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("version", VERSIONS)

@@ -15,7 +15,14 @@ from torch import nn
 
 from ..io.dtypes import resolve_dtype
 from ..io.keys import numeric_order
-from ..io.tensor_files import CheckpointError, MultiFile, open_tensor_file, open_weights_folder, read_json
+from ..io.tensor_files import (
+    CheckpointError,
+    MultiFile,
+    NonFiniteCheck,
+    open_tensor_file,
+    open_weights_folder,
+    read_json,
+)
 from ..models.clip_vision import WanClipVision, vision_tower
 
 if TYPE_CHECKING:
@@ -309,6 +316,7 @@ def load_clip_vision(source, *, dtype: torch.dtype | str | None = None, device: 
     by_stored = defaultdict(list)  # a fused qkv is read once for its three targets
     for name in params:
         by_stored[name_map[name][0]].append(name)
+    non_finite = NonFiniteCheck(path, "CLIP vision model")
     for stored in sorted(by_stored, key=numeric_order):
         raw = tensors.read(stored)
         for name in by_stored[stored]:
@@ -317,11 +325,13 @@ def load_clip_vision(source, *, dtype: torch.dtype | str | None = None, device: 
                 raise CheckpointError(f"{path}: tensor {stored!r} gives {name} of shape {tuple(value.shape)}, "
                                       f"expected {tuple(params[name].shape)}")
             value = value.to(device=device, dtype=dtype)
+            non_finite.check(stored if len(by_stored[stored]) == 1 else f"{stored} ({name})", value)
             if value.untyped_storage().data_ptr() == raw.untyped_storage().data_ptr():
                 value = value.clone()  # own memory, not a view of the file's (fused / mapped) tensor
             module_name, _, attr = name.rpartition(".")
             setattr(tower.get_submodule(module_name), attr, nn.Parameter(value, requires_grad=False))
         del raw
+    non_finite.warn()
     emb = tower.embeddings  # the one buffer (non-persistent): rebuilt, it was created on meta
     emb.position_ids = torch.arange(emb.num_positions, device=device).expand(1, -1)
     return WanClipVision(vision, layout=layout, source=str(path)).eval()

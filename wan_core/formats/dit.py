@@ -14,15 +14,23 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
 from ..io.dtypes import FP8_DTYPES, quantize_fp8, read_fp8_scale, resolve_dtype
 from ..io.keys import _check_keys, numeric_order
-from ..io.tensor_files import CheckpointError, MultiFile, open_tensor_file, open_weights_folder, read_json
+from ..io.tensor_files import (
+    CheckpointError,
+    MultiFile,
+    NonFiniteCheck,
+    open_tensor_file,
+    open_weights_folder,
+    read_json,
+)
 from ..io.write import atomic_write, save_safetensors
-from ..models.dit import WanConfig, WanDiT
+from ..models.dit import MODEL_TYPES, WanConfig, WanDiT
 from ..models.layers import CastConv3d, CastLinear
 
 # Prefixes under which Wan DiT weights are found (ComfyUI checkpoints, DDP, LoRA-style exports).
@@ -184,6 +192,63 @@ def _raise_not_a_dit(keys, path):
 # --------------------------------------------------------------------------------------------
 
 
+# config.json (official and diffusers names) and `config=` fields: what each must be
+_POSITIVE_INT_FIELDS = ("dim", "ffn_dim", "num_heads", "num_layers", "in_dim", "out_dim", "text_dim", "freq_dim",
+                        "text_len", "num_attention_heads", "attention_head_dim", "in_channels", "out_channels")
+# config.json field -> WanConfig field it declares, checked against the weights' shapes
+_DECLARED_BY_CONFIG_JSON = {"dim": "dim", "ffn_dim": "ffn_dim", "num_layers": "num_layers", "in_dim": "in_dim",
+                            "in_channels": "in_dim", "out_dim": "out_dim", "out_channels": "out_dim",
+                            "text_dim": "text_dim", "freq_dim": "freq_dim"}
+
+
+def check_config_values(values, where: str, error=CheckpointError) -> None:
+    """A clear `error` (naming `where`: the config.json, or the caller's config=) for a field of the
+    wrong type or an impossible value, before anything is built: sizes are positive integers, eps a
+    positive finite number, num_heads divides dim into heads of even width, model_type a known name."""
+    if not isinstance(values, Mapping):
+        raise error(f"{where}: expected a dict of Wan config fields, found {type(values).__name__}")
+
+    def bad(name, expected):
+        return error(f"{where}: {name} must be {expected}; found {values[name]!r}")
+
+    for name, value in values.items():
+        if name in _POSITIVE_INT_FIELDS and not (type(value) is int and value >= 1):
+            raise bad(name, "a positive integer")
+        if name == "eps" and not (type(value) in (int, float) and math.isfinite(value) and value > 0):
+            raise bad(name, "a positive finite number")
+        if name == "flf_pos_tokens" and not (type(value) is int and value >= 0):
+            raise bad(name, "an integer >= 0")
+        if name == "image_branch" and not isinstance(value, bool):
+            raise bad(name, "true or false")
+        if name == "patch_size" and not (isinstance(value, (list, tuple)) and len(value) == 3
+                                         and all(type(v) is int and v >= 1 for v in value)):
+            raise bad(name, "3 positive integers (frames, height, width)")
+        if name == "model_type" and not isinstance(value, str):
+            raise bad(name, f"one of {MODEL_TYPES}")
+        if name in ("variant",) and not isinstance(value, str):
+            raise bad(name, "a string")
+        if name == "extras" and not isinstance(value, dict):
+            raise bad(name, "a dict")
+    heads = values.get("num_heads", values.get("num_attention_heads"))
+    dim = values.get("dim")
+    if dim is None and heads is not None and values.get("attention_head_dim") is not None:
+        dim = heads * values["attention_head_dim"]
+    if dim is not None and heads is not None and (dim % heads or (dim // heads) % 2):
+        raise error(f"{where}: num_heads {heads} must divide dim {dim} into heads of even width "
+                    f"(head_dim = {dim / heads:g})")
+
+
+def _check_config_json(config_json: dict, cfg: dict, path) -> None:
+    """The sizes a config.json declares must be the ones the weights have (else it is another model's)."""
+    declared = {field: config_json[name] for name, field in _DECLARED_BY_CONFIG_JSON.items() if name in config_json}
+    if "num_attention_heads" in config_json and "attention_head_dim" in config_json:
+        declared["dim"] = config_json["num_attention_heads"] * config_json["attention_head_dim"]
+    wrong = [f"{field} {value} (the weights have {cfg[field]})" for field, value in declared.items()
+             if value != cfg[field]]
+    if wrong:
+        raise CheckpointError(f"{path}: does not describe the weights next to it: it says {', '.join(wrong)}")
+
+
 def detect_config(shape_of, keys, config_json, hints: str, path, overrides: dict | None = None) -> WanConfig:
     """Infer the WanConfig from tensor shapes (official names); config.json, then the caller's
     overrides, fill what shapes cannot tell (num_heads, text_len, eps, model_type)."""
@@ -206,6 +271,11 @@ def detect_config(shape_of, keys, config_json, hints: str, path, overrides: dict
     image_branch = "blocks.0.cross_attn.k_img.weight" in keys or "img_emb.proj.0.weight" in keys
     flf_tokens = shape_of("img_emb.emb_pos")[1] if "img_emb.emb_pos" in keys else 0
 
+    config_path = Path(str(path)).parent / "config.json"  # read from the weights' folder
+    if config_json:
+        check_config_values(config_json, str(config_path))
+    if overrides:
+        check_config_values(overrides, "load_dit config=", ValueError)
     cj = dict(_config_json_fields(config_json or {}), **(overrides or {}))
     num_heads = cj.get("num_heads") or (dim // 128 if dim % 128 == 0 else None)
     if num_heads is None:
@@ -238,6 +308,11 @@ def detect_config(shape_of, keys, config_json, hints: str, path, overrides: dict
         text_len=cj.get("text_len", 512), eps=cj.get("eps", 1e-6),
         image_branch=image_branch, flf_pos_tokens=flf_tokens,
     )
+    if config_json:
+        _check_config_json(config_json, cfg, config_path)
+    if num_heads and (dim % num_heads or (dim // num_heads) % 2):
+        raise CheckpointError(f"{path}: num_heads {num_heads} does not divide the weights' dim {dim} into heads of "
+                              f"even width (head_dim = {dim / num_heads:g}); pass config={{'num_heads': ...}}")
     cfg["variant"], expert = _variant_name(cfg, hints)
     cfg["extras"] = {"expert": expert} if expert else {}
     return WanConfig(**cfg)
@@ -311,6 +386,7 @@ def load_dit(
     # freeing a fresh read buffer per tensor would leave the heap fragmented (RSS stays high).
     largest = max(math.prod(tensors.shape(name_map[n])) * tensors.dtype(name_map[n]).itemsize for n in expected)
     scratch = torch.empty(largest, dtype=torch.uint8)
+    non_finite = NonFiniteCheck(path, "diffusion model")
     for name in sorted(expected, key=numeric_order):
         raw = tensors.read(name_map[name], scratch)
         if tuple(raw.shape) != tuple(params[name].shape):
@@ -321,11 +397,14 @@ def load_dit(
         scale = read_fp8_scale(tensors, name_map, name)
         castable = isinstance(model.get_submodule(name.rpartition(".")[0]), (CastLinear, CastConv3d))
         tensor, kept_scale = _convert(name, raw, scale, compute_dtype, storage, scaled_file, castable)
+        non_finite.check(name_map[name], tensor)  # as stored (a value too large for fp16 becomes Inf)
+        non_finite.check(name_map[name] + " (fp8 scale)", kept_scale)
         if tensor.untyped_storage().data_ptr() == scratch.untyped_storage().data_ptr():
             tensor = tensor.clone()  # still in the scratch buffer: give it memory of its own
         _assign(model, name, tensor.to(device), kept_scale.to(device) if kept_scale is not None else None)
         del raw
     del scratch
+    non_finite.warn()
     if model.patch_embedding.weight.dtype != compute_dtype:
         # weights kept in a storage dtype (fp8 file): pin the compute dtype. Otherwise leave it
         # derived from the weights, so a later model.to(dtype) changes it as expected.

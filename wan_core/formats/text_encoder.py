@@ -15,7 +15,14 @@ import torch.nn as nn
 
 from ..io.dtypes import FP8_DTYPES, quantize_fp8, read_fp8_scale, resolve_dtype
 from ..io.keys import numeric_order
-from ..io.tensor_files import CheckpointError, MultiFile, open_tensor_file, open_weights_folder, read_json
+from ..io.tensor_files import (
+    CheckpointError,
+    MultiFile,
+    NonFiniteCheck,
+    open_tensor_file,
+    open_weights_folder,
+    read_json,
+)
 from ..models.layers import ScaledCastLinear
 from ..models.text_encoder import WanTextEncoder, _gated_ff_forward
 from ..models.tokenizer import SentencePieceTokenizer, is_tokenizer_folder, load_tokenizer, tokenizer_candidates
@@ -226,6 +233,7 @@ def load_text_encoder(source, *, tokenizer=None, dtype=None, device=None, weight
 
     scratch = torch.empty(max(math.prod(tensors.shape(name_map[n])) * tensors.dtype(name_map[n]).itemsize
                               for n in names), dtype=torch.uint8)  # one reused read buffer
+    non_finite = NonFiniteCheck(path, "text encoder")
     for name in sorted(names, key=numeric_order):
         raw = tensors.read(name_map[name], scratch)
         if tuple(raw.shape) != tuple(params[name].shape):
@@ -235,12 +243,15 @@ def load_text_encoder(source, *, tokenizer=None, dtype=None, device=None, weight
         module = model.get_submodule(module_name)
         tensor, scale = _convert(raw, read_fp8_scale(tensors, name_map, name), compute, storage,
                                  small=isinstance(module, ScaledCastLinear))
+        non_finite.check(name_map[name], tensor)  # as stored (a value too large for fp16 becomes Inf)
+        non_finite.check(name_map[name] + " (fp8 scale)", scale)
         if tensor.untyped_storage().data_ptr() == scratch.untyped_storage().data_ptr():
             tensor = tensor.clone()  # still in the scratch buffer: give it memory of its own
         setattr(module, attr, nn.Parameter(tensor.to(device), requires_grad=False))
         if scale is not None:
             module.weight_scale = scale.to(device)
     del scratch
+    non_finite.warn()
     model.encoder.embed_tokens.weight = model.shared.weight  # re-tie the input embedding
     model.eval().requires_grad_(False)
     return WanTextEncoder(model, tok, tokenizer_searched=searched, source=str(path))

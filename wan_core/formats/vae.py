@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from ..io.dtypes import FP8_DTYPES
-from ..io.tensor_files import CheckpointError, open_tensor_file, open_weights_folder
+from ..io.tensor_files import CheckpointError, NonFiniteCheck, open_tensor_file, open_weights_folder
 from ..models.vae import VAE_VERSIONS, VAEConfig, WanVAE, latent_stats
 
 PREFIXES = ("first_stage_model.", "vae.")  # full-checkpoint prefixes that may wrap a VAE
@@ -148,11 +148,14 @@ def load_vae(source, *, dtype: torch.dtype | None = None, device=None) -> WanVAE
             f"unexpected {unexpected[:6]}{' ...' if len(unexpected) > 6 else ''}"
         )
     state = {}
+    non_finite = NonFiniteCheck(path, "VAE")
     for name, want in expected.items():
         t = tensors.read(name_map[name])
         if tuple(t.shape) != want:
             raise CheckpointError(f"{path}: tensor {name!r} has shape {tuple(t.shape)}, expected {want}")
         state[name] = (t.float() if t.dtype in FP8_DTYPES else t).to(dtype)
+        non_finite.check(name_map[name], state[name])
+    non_finite.warn()
     vae.load_state_dict(state, strict=True, assign=True)
     vae.latent_mean, vae.latent_inv_std = latent_stats(cfg)  # built on meta: make them real
     return vae.to(device or "cpu").eval().requires_grad_(False)

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-from ..sampling.solvers import SOLVERS, denoise_sigmas, official_sigmas, official_timestep, sample
+from ..sampling.solvers import SOLVERS, denoise_sigmas, finite_number, official_sigmas, official_timestep, sample
 from .defaults import BOUNDARY
 
 
@@ -39,9 +40,25 @@ class Conditioning:
         return Conditioning(move(self.context), move(self.negative), move(self.clip_fea), move(self.y))
 
 
+SEED_MAX = 2**64 - 1  # seeds are 64-bit (ComfyUI's seed widget: 0 ... 0xFFFFFFFFFFFFFFFF)
+
+
+def check_seed(seed, name: str = "seed") -> int:
+    """The seed as an int; a ValueError for a non-integer or one outside 64 bits (torch reads a
+    negative seed >= -2^63 as its 64-bit two's complement, as before)."""
+    if isinstance(seed, np.integer):
+        seed = int(seed)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"{name} must be an integer 0 ... {SEED_MAX}; found {type(seed).__name__} {seed!r}")
+    if not -(2**63) <= seed <= SEED_MAX:
+        raise ValueError(f"{name} must be an integer 0 ... {SEED_MAX} (64 bits); found {seed}")
+    return seed
+
+
 def seeded_noise(shape, seed: int) -> torch.Tensor:
     """Standard normal noise drawn on the CPU from `seed` (the same on every device; equal to
     ComfyUI's KSampler noise for the same seed and latent shape)."""
+    seed = check_seed(seed)
     return torch.randn(tuple(shape), generator=torch.Generator("cpu").manual_seed(seed), dtype=torch.float32)
 
 
@@ -133,6 +150,16 @@ def generate(
     """
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; expected one of {SOLVERS}")
+    guide_scale = finite_number(guide_scale, "guide_scale (cfg)")
+    if guide_scale_low is not None:
+        guide_scale_low = finite_number(guide_scale_low, "guide_scale_low (cfg of the low-noise expert)")
+    if sigmas is None:
+        shift = finite_number(shift, "shift")
+        if shift <= 0:
+            raise ValueError(f"shift must be > 0, got {shift}")
+    denoise = finite_number(denoise, "denoise")
+    if boundary is not None and not 0 <= finite_number(boundary, "boundary") <= 1:
+        raise ValueError(f"boundary must be in [0, 1] (a fraction of the 1000 timesteps), got {boundary}")
     if not 0 < denoise <= 1:
         raise ValueError(f"denoise must be in (0, 1], got {denoise}")
     if (denoise < 1 or noise_mask is not None) and latent is None:

@@ -4,6 +4,7 @@ alpha, diff, diff_b) onto the official module paths of the Wan DiT, and `to_comf
 a parsed LoRA back in ComfyUI's native keys."""
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -13,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..formats.dit import diffusers_to_official_name
-from ..io.tensor_files import open_tensor_file
+from ..io.tensor_files import count_non_finite, open_tensor_file
 from ..models.dit import WanConfig, WanDiT
 
 # (file key suffix, part): the first suffix a key ends with decides
@@ -210,7 +211,26 @@ def parse_lora(source) -> ParsedLora:
             entries[path] = entry
     if not entries and not unrecognized:
         raise ValueError(f"{name}: the LoRA is empty (no tensors)")
+    for entry in entries.values():
+        _check_entry_values(entry, name)
     return ParsedLora(entries, unrecognized, metadata, name)
+
+
+def _check_entry_values(entry: LoraEntry, name: str) -> None:
+    """Refuse what would merge as garbage: a rank-0 pair, NaN/Inf in alpha or in any tensor used."""
+    if entry.down is not None and entry.rank == 0:
+        raise ValueError(f"{name}: {entry.keys['down']!r} has rank 0 (shape {tuple(entry.down.shape)}); expected a "
+                         f"lora_down of r >= 1 rows [r, in] - the file is broken")
+    if entry.alpha is not None and not math.isfinite(entry.alpha):
+        raise ValueError(f"{name}: {entry.keys['alpha']!r} is {entry.alpha}; expected a finite alpha - the LoRA is "
+                         f"refused (merging it would fill the model's weights with NaN)")
+    for part in ("up", "down", "diff", "diff_b"):
+        tensor = getattr(entry, part)
+        bad = 0 if tensor is None else count_non_finite(tensor)
+        if bad:
+            raise ValueError(f"{name}: {entry.keys[part]!r} holds {bad} NaN/Inf value(s) of {tensor.numel()}; "
+                             f"expected finite weights - the LoRA is refused (merging it would fill the model's "
+                             f"weights with NaN)")
 
 
 def _unsupported(key: str) -> str | None:

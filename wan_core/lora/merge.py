@@ -6,6 +6,7 @@ cleared (re-quantizing the sum would lose most of a small delta). `set_applied_l
 backups of what it changed, so another list of LoRAs, or none, can be set later."""
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -194,8 +195,20 @@ def check_lora(model: nn.Module, source) -> LoraReport:
     return _plan(model, parse_lora(source))[1]
 
 
+def check_strength(strength, what: str = "LoRA strength") -> float:
+    """The strength as a float: a clear ValueError for NaN, Inf or a non-number."""
+    try:
+        value = float(strength)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what}: expected a number, found {strength!r}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{what}: expected a finite number, found {value}")
+    return value
+
+
 def iter_lora_deltas(model: nn.Module, source, strength: float = 1.0):
     """Yield (parameter name, fp32 delta on the parameter's device), one at a time (bounded memory)."""
+    strength = check_strength(strength)
     parsed = parse_lora(source)
     changes, _ = _plan(model, parsed)
     params = dict(model.named_parameters())
@@ -239,6 +252,7 @@ def add_to_parameter(model: nn.Module, name: str, delta: torch.Tensor) -> None:
 
 def apply_lora(model: nn.Module, source, strength: float = 1.0) -> LoraReport:
     """Merge a LoRA into the model's weights in place (see the module docstring); returns the report."""
+    strength = check_strength(strength)
     parsed = parse_lora(source)
     changes, report = _plan(model, parsed)
     report.strength = strength
@@ -276,7 +290,7 @@ def set_applied_loras(model: nn.Module, loras) -> None:
     the applied one, only the new LoRAs are added. LoRAs are compared by identity: pass the same
     ParsedLora objects to avoid re-applying.
     """
-    loras = [(parse_lora(src), float(s)) for src, s in loras]
+    loras = [(parse_lora(src), check_strength(s)) for src, s in loras]
     record = model.__dict__.get(_RECORD) or _AppliedLoras([], {})
     if _same(record.loras, loras):
         return

@@ -11,6 +11,7 @@ Nothing here knows about models: `velocity_fn(x, sigma)` is any callable, sigma 
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import numpy as np
@@ -19,6 +20,18 @@ import torch
 SOLVERS = ("unipc", "euler", "heun")
 # The official UniPC grid starts at the first value of its 1000-step training table, stored in fp32.
 UNIPC_SIGMA_MAX = float(np.float32(1 - 1 / 1000))  # 0.9990000128746033
+
+
+def finite_number(value, name: str) -> float:
+    """`value` as a float; a ValueError naming `name` for NaN, Inf or a non-number (a NaN shift or
+    guidance scale would otherwise sample a video of NaN without any error)."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{name} must be a number; found {type(value).__name__} {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number; found {value}")
+    return float(value)
 
 
 def shift_sigma(sigma, shift: float):
@@ -34,6 +47,8 @@ def flow_sigmas(steps: int, shift: float, *, sigma_max: float = 1.0) -> torch.Te
     the official schedulers, so `official_timestep` truncates exactly as they do."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    shift = finite_number(shift, "shift")
+    sigma_max = finite_number(sigma_max, "sigma_max")
     if shift <= 0:
         raise ValueError(f"shift must be > 0, got {shift}")
     base = np.linspace(sigma_max, 0.0, steps + 1)[:-1]
@@ -178,6 +193,8 @@ def sample(
         raise ValueError(f"unknown solver {solver!r}; expected one of {SOLVERS}")
     if sigmas.ndim != 1 or len(sigmas) < 2:
         raise ValueError(f"sigmas must be a 1-D grid with at least 2 values, got shape {tuple(sigmas.shape)}")
+    if not bool(torch.isfinite(sigmas).all()):
+        raise ValueError(f"sigmas must be finite; found {sigmas.tolist()[:8]}{' ...' if len(sigmas) > 8 else ''}")
     if bool((sigmas[1:] > sigmas[:-1]).any()):
         raise ValueError("sigmas must be decreasing (noise to data)")
     sigmas = sigmas.double()

@@ -30,13 +30,14 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-from dataclasses import asdict, dataclass, is_dataclass
+from dataclasses import asdict, dataclass, fields, is_dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
 from ..generation.conditioning import clip_features, concat_y, image_condition, keeps_start_frame
+from ..io.tensor_files import CheckpointError, SafetensorsFile, file_in_folder
 from ..io.write import atomic_write, save_safetensors
 from ..models.dit import PATCH_SIZE as DIT_PATCH_SIZE
 from .dataset import DatasetError, MediaError, check_bucket_sizes
@@ -124,6 +125,17 @@ class CachedLatents:
         self.skipped = skipped
         self.stats = stats or {}
         self._order = [k for k, e in enumerate(entries) for _ in range(e.repeats)]
+        self._shapes = {}  # entry index -> {tensor name: shape}, read from the files' headers
+
+    def entry_shapes(self, k: int) -> dict:
+        """{tensor name: shape} of entry k's two files, from their headers (no tensor data is read)."""
+        if k not in self._shapes:
+            shapes = {}
+            for name in (self.entries[k].latent_file, self.entries[k].text_file):
+                f = SafetensorsFile(self.cache_dir / name)
+                shapes.update({key: tuple(f.shape(key)) for key in f.keys()})
+            self._shapes[k] = shapes
+        return self._shapes[k]
 
     def __len__(self) -> int:
         return len(self._order)
@@ -309,20 +321,98 @@ def write_index(cache_dir, entries: list[CacheEntry], skipped: list) -> Path:
     return atomic_write(Path(cache_dir) / INDEX_NAME, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
-def _readable(path: Path) -> bool:
-    """The safetensors header opens (a cheap check; the data is read in __getitem__)."""
-    from safetensors import safe_open
+_LATENT_NAMES = {"latent": 4, "y": 4, "clip_fea": 2}  # tensor in a latent file -> its number of dimensions
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
-    try:
-        with safe_open(path, "pt") as f:
-            return bool(list(f.keys()))
-    except Exception:
-        return False
+
+def _file_shapes(path: Path, expected: dict) -> dict:
+    """{name: shape} from a cache file's header, checked: only `expected` names ({name: ndim}) and
+    floating tensors of those ranks. Raises CheckpointError (also for a missing or unreadable file)."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing")
+    f = SafetensorsFile(path)
+    unknown = sorted(set(f.keys()) - set(expected))
+    if unknown:
+        raise CheckpointError(f"{path}: unexpected tensor(s) {unknown}; a cache file holds {sorted(expected)}")
+    main = next(iter(expected))  # "latent" / "context": always there
+    if main not in f.keys():
+        raise CheckpointError(f"{path}: no {main!r} tensor; found {sorted(f.keys())}")
+    shapes = {}
+    for name in f.keys():
+        shape, dtype = tuple(f.shape(name)), f.dtype(name)
+        if len(shape) != expected[name] or dtype not in _FLOAT_DTYPES:
+            raise CheckpointError(f"{path}: {name!r} is {dtype} of shape {list(shape)}; expected a floating "
+                                  f"{expected[name]}-D tensor")
+        shapes[name] = shape
+    return shapes
+
+
+def _index_entry(raw, k: int, path: Path, cache_dir: Path) -> CacheEntry:
+    """One entry of index.json, with every field checked (a clear error naming the entry)."""
+    where = f"{path}: entry {k}"
+    names = [f.name for f in fields(CacheEntry)]
+    if not isinstance(raw, dict):
+        raise DatasetError(f"{where}: expected an object with {names}; found {type(raw).__name__} {str(raw)[:100]}")
+    where += f" ({raw.get('source')!r})" if isinstance(raw.get("source"), str) else ""
+    unknown, missing = sorted(set(raw) - set(names)), [n for n in names if n not in raw and n != "repeats"]
+    if unknown or missing:
+        raise DatasetError(f"{where}: expected the fields {names}; "
+                           + (f"missing {missing}" if missing else f"found unknown {unknown}")
+                           + "; build the latent cache again")
+    for name in ("latent_file", "text_file", "caption", "source"):
+        if not isinstance(raw[name], str):
+            raise DatasetError(f"{where}: {name} must be a string; found {raw[name]!r}")
+    bucket, repeats = raw["bucket"], raw.get("repeats", 1)
+    if not (isinstance(bucket, list) and len(bucket) == 3 and all(type(v) is int and v >= 1 for v in bucket)
+            and (bucket[2] - 1) % 4 == 0):
+        raise DatasetError(f"{where}: bucket must be [width, height, frames] (positive integers, frames 1 + 4k); "
+                           f"found {bucket!r}")
+    if type(repeats) is not int or repeats < 1:
+        raise DatasetError(f"{where}: repeats must be an integer >= 1; found {repeats!r}")
+    for name in ("latent_file", "text_file"):
+        _, why = file_in_folder(cache_dir, raw[name])
+        if why:
+            raise DatasetError(f"{where}: refused {name} {why}")
+    return CacheEntry(raw["latent_file"], raw["text_file"], tuple(bucket), raw["caption"], raw["source"], repeats)
+
+
+def _check_entries_agree(cache: CachedLatents, path: Path) -> None:
+    """Every item against the first and against its bucket (from the files' headers, no data read):
+    same latent channels, text width and conditioning tensors; latents of one bucket of one shape; the
+    latent frames those of the bucket; y on the latent's grid. The error names the item."""
+    first, by_bucket = None, {}
+    for k, entry in enumerate(cache.entries):
+        shapes = cache.entry_shapes(k)
+        item = f"{path}: item {k} ({entry.source})"
+        if "latent" not in shapes or "context" not in shapes:
+            raise DatasetError(f"{item}: its cache files hold {sorted(shapes)}; expected 'latent' and 'context'")
+        latent, frames = shapes["latent"], entry.bucket[2]
+        if latent[1] != (frames - 1) // 4 + 1:
+            raise DatasetError(f"{item}: latent {list(latent)} has {latent[1]} frames; its bucket "
+                               f"{'x'.join(map(str, entry.bucket))} makes {(frames - 1) // 4 + 1}")
+        if "y" in shapes and shapes["y"][1:] != latent[1:]:
+            raise DatasetError(f"{item}: y {list(shapes['y'])} is not on the latent's grid {list(latent[1:])}")
+        same = by_bucket.setdefault(entry.bucket, (k, latent))
+        if same[1] != latent:
+            raise DatasetError(f"{item}: latent {list(latent)}, but item {same[0]} of the same bucket "
+                               f"{'x'.join(map(str, entry.bucket))} has {list(same[1])}")
+        summary = {"latent channels": latent[0], "text embedding width": shapes["context"][1],
+                   "y channels": shapes["y"][0] if "y" in shapes else None,
+                   "clip_fea": shapes.get("clip_fea")}
+        if first is None:
+            first = (k, entry, summary)
+            continue
+        for what, value in summary.items():
+            if value != first[2][what]:
+                raise DatasetError(f"{item}: {what} {value}, but item {first[0]} ({first[1].source}) has "
+                                   f"{first[2][what]}; a cache holds the output of one set of models - build it again")
 
 
 def load_latent_cache(cache_dir) -> CachedLatents:
     """Reopen a cache written by build_latent_cache from its index.json (no encoders needed). Entries
-    whose files are missing or unreadable are moved to `skipped`."""
+    whose files are missing or unreadable are moved to `skipped`. Every entry is checked before any
+    training: the index's fields, file names inside the cache folder, and each file's header (tensor
+    names, ranks, shapes agreeing across items) - a clear DatasetError names the item."""
     cache_dir = Path(cache_dir)
     path = cache_dir / INDEX_NAME
     try:
@@ -334,36 +424,78 @@ def load_latent_cache(cache_dir) -> CachedLatents:
     found = index.get("format") if isinstance(index, dict) else type(index).__name__
     if found != FORMAT_VERSION:
         raise DatasetError(f"{path}: cache format {found!r}, expected {FORMAT_VERSION}; build the latent cache again")
-    entries, skipped = [], [tuple(s) for s in index.get("skipped", [])]
-    for raw in index.get("entries", []):
-        entry = CacheEntry(**{**raw, "bucket": tuple(raw["bucket"])})
-        broken = [name for name in (entry.latent_file, entry.text_file) if not _readable(cache_dir / name)]
-        if broken:
-            skipped.append((entry.source, f"cache file {broken[0]} is missing or unreadable"))
-        else:
+    raw_entries, raw_skipped = index.get("entries", []), index.get("skipped", [])
+    if not isinstance(raw_entries, list):
+        raise DatasetError(f"{path}: 'entries' must be a list; found {type(raw_entries).__name__}")
+    if not (isinstance(raw_skipped, list) and all(isinstance(s, list) and len(s) == 2 and all(isinstance(v, str) for v in s)
+                                                  for s in raw_skipped)):
+        raise DatasetError(f"{path}: 'skipped' must be a list of [file, reason] pairs; found {str(raw_skipped)[:100]}")
+    entries, shapes, skipped = [], [], [tuple(s) for s in raw_skipped]
+    for k, raw in enumerate(raw_entries):
+        entry = _index_entry(raw, k, path, cache_dir)
+        found = {}
+        for name, expected in ((entry.latent_file, _LATENT_NAMES), (entry.text_file, {"context": 2})):
+            try:
+                found.update(_file_shapes(cache_dir / name, expected))
+            except CheckpointError as exc:
+                why = "" if str(exc).endswith(": missing") else f" ({str(exc).split(': ', 1)[-1]})"
+                skipped.append((entry.source, f"cache file {name} is missing or unreadable{why}"))
+                found = None
+                break
+        if found is not None:
             entries.append(entry)
+            shapes.append(found)
     if not entries:
         reasons = "; ".join(f"{p}: {why}" for p, why in skipped) or "the index lists none"
         raise DatasetError(f"{path}: no usable entries ({reasons})")
-    return CachedLatents(cache_dir, entries, skipped)
+    cache = CachedLatents(cache_dir, entries, skipped)
+    cache._shapes = dict(enumerate(shapes))
+    _check_entries_agree(cache, path)
+    return cache
+
+
+def _item_shapes(latents):
+    """(label, {tensor name: shape}) of every distinct item: CachedLatents from its files' headers
+    (no data read), any other dataset item by item."""
+    if isinstance(latents, CachedLatents):
+        for k, entry in enumerate(latents.entries):
+            try:
+                shapes = latents.entry_shapes(k)
+            except CheckpointError as exc:
+                raise DatasetError(f"item {k} ({entry.source}): {exc}; build the latent cache again") from None
+            yield f"item {k} ({entry.source})", shapes
+        return
+    if len(latents) == 0:
+        raise DatasetError("the latents dataset is empty")
+    for i in range(len(latents)):
+        item = latents[i]
+        if not isinstance(item, dict) or not torch.is_tensor(item.get("latent")) or not torch.is_tensor(item.get("context")):
+            found = sorted(item) if isinstance(item, dict) else type(item).__name__
+            raise DatasetError(f"item {i}: expected a dict with 'latent' and 'context' tensors; found {found}")
+        label = f"item {i}" + (f" ({item['source']})" if isinstance(item.get("source"), str) else "")
+        yield label, {k: tuple(v.shape) for k, v in item.items() if torch.is_tensor(v)}
 
 
 def check_latents_fit_model(latents, config) -> None:
     """A clear error when cached latents (CachedLatents, or any dataset whose [i] gives "latent",
     "context" and optional "y" / "clip_fea") cannot train the DiT with WanConfig `config`: latent and
-    y channels, text width, CLIP features. Reads the first item only (a cache is built with one set of
-    models)."""
-    sample = latents[0]
-    latent, y = sample["latent"], sample.get("y")
-    channels = latent.shape[0] + (y.shape[0] if y is not None else 0)
-    if latent.shape[0] != config.out_dim or channels != config.in_dim:
-        need = "with image conditioning (y) " if config.in_dim != config.out_dim and config.model_type != "ti2v" else ""
-        raise ValueError(f"the latents have {latent.shape[0]} channels"
-                         f"{' + ' + str(y.shape[0]) + ' of y' if y is not None else ''}, "
-                         f"but {config.variant or 'the model'} takes {config.in_dim} input channels: cache the "
-                         f"latents {need}with this model's VAE")
-    if sample["context"].shape[-1] != config.text_dim:
-        raise ValueError(f"the latents' text embeddings are {sample['context'].shape[-1]} wide, the model takes "
-                         f"{config.text_dim}: cache them with this model's text encoder")
-    if config.image_branch and sample.get("clip_fea") is None:
-        raise ValueError(f"{config.variant} needs CLIP image features: cache the latents with a CLIP vision model")
+    y channels, text width, CLIP features. Checks every item (a CachedLatents from its files' headers,
+    without reading tensor data) and names the first that does not fit."""
+    for item, shapes in _item_shapes(latents):
+        latent, y, context = shapes["latent"], shapes.get("y"), shapes["context"]
+        if len(latent) != 4 or len(context) != 2 or (y is not None and len(y) != 4):
+            raise ValueError(f"{item}: expected latent [C, T, h, w], context [L, D] and y [C_y, T, h, w]; found "
+                             f"latent {list(latent)}, context {list(context)}" + (f", y {list(y)}" if y else ""))
+        channels = latent[0] + (y[0] if y is not None else 0)
+        if latent[0] != config.out_dim or channels != config.in_dim:
+            need = "with image conditioning (y) " if config.in_dim != config.out_dim and config.model_type != "ti2v" else ""
+            raise ValueError(f"{item}: the latents have {latent[0]} channels"
+                             f"{' + ' + str(y[0]) + ' of y' if y is not None else ''}, "
+                             f"but {config.variant or 'the model'} takes {config.in_dim} input channels: cache the "
+                             f"latents {need}with this model's VAE")
+        if context[-1] != config.text_dim:
+            raise ValueError(f"{item}: the latents' text embeddings are {context[-1]} wide, the model takes "
+                             f"{config.text_dim}: cache them with this model's text encoder")
+        if config.image_branch and shapes.get("clip_fea") is None:
+            raise ValueError(f"{item}: {config.variant} needs CLIP image features: cache the latents with a CLIP "
+                             f"vision model")
