@@ -5,7 +5,9 @@ The model layouts (official, ComfyUI, fp8) are written by `wan_core.formats`.
 """
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -30,6 +32,13 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
         write(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a saved model should read like any file
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # a full disk shows as either (torch's writer: RuntimeError)
+        Path(tmp).unlink(missing_ok=True)
+        free = shutil.disk_usage(path.parent).free
+        kept = "the previous file is kept" if path.exists() else "nothing was written"
+        raise OSError(getattr(e, "errno", None) or errno.EIO,
+                      f"could not write {path}: {getattr(e, 'strerror', None) or str(e).splitlines()[0][:200]} "
+                      f"({free / 2**20:.0f} MiB free on that disk; {kept})") from e
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
