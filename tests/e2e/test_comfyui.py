@@ -503,7 +503,8 @@ def test_ui_workflow_loads_in_browser(server, path, tmp_path):
     # the API test queues their twins at small sizes; here they are loaded and converted only
     queue = not any(kind in path.read_text() for kind in SHRUNK_NODES)
     proc = e2e(server, "ui", path, "--report", report, "--export-api", exported, "--strict-values",
-               "--screenshot", tmp_path / "ui.png", *(["--queue"] if queue else []), "--timeout", "300", timeout=420)
+               "--screenshot", tmp_path / "ui.png", "--fit-view", *(["--queue"] if queue else []), "--timeout", "300",
+               timeout=420)
     if proc.returncode == 4:
         pytest.skip("headless UI check skipped: playwright or Chromium unavailable: " + proc.stderr.strip()[-300:])
     rep = json.loads(report.read_text())
