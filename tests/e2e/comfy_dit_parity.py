@@ -81,9 +81,13 @@ with torch.no_grad():
 result["diff_perturbed"] = (run_theirs(500.0) - out500).abs().max().item()
 
 # ---- the pack's ModelHandle with ComfyUI's memory manager
-spec = importlib.util.spec_from_file_location("wanflow_comfy_bridge", f"{pack_dir}/nodes/comfy_bridge.py")
-bridge = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bridge)
+# the pack imported as ComfyUI imports it: a package by folder path (its modules import relatively)
+spec = importlib.util.spec_from_file_location("wanflow_pack", f"{pack_dir}/__init__.py",
+                                              submodule_search_locations=[pack_dir])
+pack = importlib.util.module_from_spec(spec)
+sys.modules["wanflow_pack"] = pack
+spec.loader.exec_module(pack)
+bridge = importlib.import_module("wanflow_pack.nodes.comfy_bridge")
 handle = bridge.ModelHandle(ours, name="wan2.1_t2v_1.3B_fp16.safetensors")
 import comfy.model_patcher  # noqa: E402
 
