@@ -57,7 +57,7 @@ if [ "$CI_MODE" = 1 ]; then
     begin "installing Debian's chromium (apt-get)"
     # another apt/dpkg may hold the lock: wait for it rather than fail
     apt-get -o DPkg::Lock::Timeout=900 update -q
-    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=900 install -y -q --no-install-recommends chromium
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=900 install -y -q chromium
     took "apt-get chromium"
   fi
   command -v chromium >/dev/null || { log "--ci: no chromium after apt-get install"; exit 1; }

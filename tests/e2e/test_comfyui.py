@@ -68,6 +68,9 @@ FAST_SRPO = {"steps": 2, "width": 32, "height": 32, "rollout_steps": 2, "eval_ev
 SCREEN_HEIGHT = 900  # px at zoom 1 (the frontend's default): a trainer node must fit a laptop screen
 TRAINERS = ("WanFlowLoRATraining", "WanFlowFullTraining")  # flow-matching trainer nodes of the shipped workflows
 SHRUNK_NODES = ("WanFlowSampler", "WanFlowSRPOTraining")  # workflows that only run on CPU once shrunk
+# the VAE round trip's EmptyImage (832x480, 17 frames: minutes per run on a 2-core CPU) at a CPU size that
+# still crosses the causal VAE's 4-frame chunks twice; sizes stay multiples of 16 (both VAEs)
+FAST_ROUND_TRIP = {"width": 128, "height": 96, "batch_size": 9}
 CLIP_NAME = "clip_vision_h.safetensors"
 WORKFLOWS = REPO / "workflows"
 API_FILES = sorted((WORKFLOWS / "api").glob("*.json"))
@@ -281,6 +284,10 @@ def test_api_workflow_runs(server, path, tmp_path):
     shrunk = any(n["class_type"] in SHRUNK_NODES for n in prompt.values())
     if shrunk:
         prompt = fast_generation_prompt(prompt)
+    round_trip = [nid for nid, n in prompt.items() if n["class_type"] == "EmptyImage"]
+    for nid in round_trip:
+        prompt[nid]["inputs"].update(FAST_ROUND_TRIP)
+    if shrunk or round_trip:
         path = tmp_path / path.name
         path.write_text(json.dumps(prompt))
     info_nodes = [nid for nid, n in prompt.items() if n["class_type"] == "WanFlowModelInfo"]
@@ -503,9 +510,12 @@ def test_ui_workflow_loads_in_browser(server, path, tmp_path):
     # generation and SRPO workflows run at full size (minutes per step on a CPU even with tiny models):
     # the API test queues their twins at small sizes; here they are loaded and converted only
     queue = not any(kind in path.read_text() for kind in SHRUNK_NODES)
+    # queued at the CPU size of the API test (set in the page after the UI->API export)
+    sets = [arg for node in json.loads(path.read_text())["nodes"] if node["type"] == "EmptyImage"
+            for key, val in FAST_ROUND_TRIP.items() for arg in ("--set", f"{node['id']}.{key}={val}")]
     proc = e2e(server, "ui", path, "--report", report, "--export-api", exported, "--strict-values",
                "--screenshot", tmp_path / "ui.png", "--fit-view", "--viewport", "2000x1250",
-               *(["--queue"] if queue else []), "--timeout", "300", timeout=420)
+               *(["--queue", *sets] if queue else []), "--timeout", "300", timeout=420)
     if proc.returncode == 4:
         pytest.skip("headless UI check skipped: playwright or Chromium unavailable: " + proc.stderr.strip()[-300:])
     rep = json.loads(report.read_text())
@@ -525,6 +535,9 @@ def test_ui_workflow_loads_in_browser(server, path, tmp_path):
         shots = Path(os.environ["WANFLOW_SCREENSHOT_DIR"])
         shots.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(tmp_path / "ui.png", shots / f"{path.stem}.png")
+    if queue and sets:  # the page queued the graph with the values set there
+        saved = [image for out in rep["outputs"].values() for image in out.get("images", [])]
+        assert len(saved) == FAST_ROUND_TRIP["batch_size"], saved
     # the frontend's own UI->API conversion equals the shipped API twin
     twin = WORKFLOWS / "api" / path.name
     if twin.exists():

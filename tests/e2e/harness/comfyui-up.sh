@@ -126,7 +126,7 @@ STAMP="$VENV/comfyui-up/stamp"
 pip_q() {
   local out rc
   out="$("$VPY" -m pip install --disable-pip-version-check -q "$@" 2>&1)" && rc=0 || rc=$?
-  # this machine's pip config lists local indexes that do not hold every name: drop that noise
+  # a pip config may list local index folders that do not exist: drop that noise
   printf '%s\n' "$out" | grep -v "is ignored: it is neither a file nor a directory" | grep -v '^$' >&2 || true
   [ "$rc" = 0 ] || die "pip install failed (exit $rc): $*"
 }
