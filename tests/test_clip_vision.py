@@ -170,7 +170,8 @@ def test_fp16_file_default_dtype(tower, files, images):
     out = model.encode(images)
     assert out.dtype == torch.float16 and out.shape == (2, TOKENS, WIDTH)
     ref = load_clip_vision(files["comfy16"], dtype="fp32").encode(images)
-    assert (out.float() - ref).abs().max() < 5e-2
+    err = (out.float() - ref).abs().max().item()
+    assert 0 < err < 1.5e-2, err  # fp16 compute: measured max |Δ| 3.7e-3 (features up to ~5); bound 4x
     assert load_clip_vision(files["comfy32"], dtype="bf16").dtype == torch.bfloat16
 
 

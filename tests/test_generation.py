@@ -107,10 +107,12 @@ def test_expert_routing_by_timestep(solver):
     t_low = [float(c[0][0]) for c in low.calls]
     assert min(t_high) >= 875 and max(t_low) < 875
     assert all(c[1] == 2 for c in high.calls + low.calls)  # cond and uncond batched
+    # one model call per step; Heun evaluates twice per step (not at sigma 0): 79 in all
+    assert len(t_high) + len(t_low) == {"unipc": 40, "euler": 40, "heun": 79}[solver]
     if solver == "unipc":  # docs/sampling.md §2: 26 high-noise steps of 40 at shift 12
         assert len(t_high) == 26 and len(t_low) == 14
-    if solver == "heun":  # Heun evaluates twice per step (not at sigma 0): 79 in all
-        assert len(t_high) + len(t_low) == 79
+    else:  # both experts ran (the grid starts at 1 and ends near 0)
+        assert t_high and t_low
 
 
 @torch.no_grad()
@@ -142,6 +144,24 @@ def test_official_defaults():
     assert (official_defaults(flf).steps, official_defaults(flf).shift) == (50, 16.0)
     d = official_defaults(ti2v)
     assert (d.steps, d.frames, d.fps) == (50, 121, 24)
+
+
+# The official negative prompts, written out (not imported from wan_core): Wan2.1 wan/configs/shared_config.py
+# `sample_neg_prompt` (the same in Wan2.2), prefixed with "镜头晃动，" in wan_i2v_14B.py and with "镜头切换，" for FLF2V
+# (wan/configs/__init__.py); docs/conventions.md §5.
+OFFICIAL_NEGATIVE = ("色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，"
+                     "丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，"
+                     "静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走")
+
+
+def test_default_negative_prompts_are_the_official_ones():
+    t2v, i2v, flf, ti2v, i2v22 = (tiny_config(k) for k in ("t2v", "i2v", "flf2v", "ti2v", "i2v-2.2"))
+    assert official_defaults(t2v).negative == OFFICIAL_NEGATIVE
+    assert official_defaults(t2v, two_experts=True).negative == OFFICIAL_NEGATIVE
+    assert official_defaults(ti2v).negative == OFFICIAL_NEGATIVE
+    assert official_defaults(i2v22, two_experts=True).negative == OFFICIAL_NEGATIVE  # Wan2.2 I2V: no prefix
+    assert official_defaults(i2v).negative == "镜头晃动，" + OFFICIAL_NEGATIVE
+    assert official_defaults(flf).negative == "镜头切换，镜头晃动，" + OFFICIAL_NEGATIVE
 
 
 def test_seeded_noise_is_comfyui_noise():

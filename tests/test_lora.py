@@ -135,13 +135,17 @@ def test_bf16_autocast_and_bf16_base_model(t2v):
         out = m(**inputs)
     out.square().mean().backward()
     assert net.adapter("blocks.0.self_attn.q").up.grad.dtype == torch.float32
-    assert_close(out.float(), reference, 0.1, "bf16 autocast vs fp32")
+    # measured max |Δ| 1.5e-2 (bf16 autocast, outputs up to ~3.8); bound ~3x. assert_close's rtol would add
+    # up to 0.4 more, so the bound is on the absolute difference alone
+    err = (out.float() - reference).abs().max().item()
+    assert 0 < err < 0.05, f"bf16 autocast vs fp32: max abs diff {err:.3e}"
     # a bf16 base model without autocast: the adapter computes in fp32, its result is cast to bf16
     m16 = m.to(torch.bfloat16)
     net_dtype = {p.dtype for p in net.parameters()}
     assert net_dtype == {torch.float32}
     out16 = run(m16, inputs)
-    assert_close(out16, reference, 0.1, "bf16 weights vs fp32")
+    err = (out16 - reference).abs().max().item()
+    assert 0 < err < 0.05, f"bf16 weights vs fp32: max abs diff {err:.3e}"  # measured 1.3e-2; bound ~4x
     net.remove()
     assert (run(m16, inputs) - out16).abs().max() > 1e-3  # the adapter contributed
 

@@ -102,9 +102,31 @@ def test_interrupted_lora_training_resumes_to_the_same_file(folders, monkeypatch
 
 
 def test_two_experts_train_on_their_own_noise_ranges_and_save_tagged_loras(folders):
+    """Each expert's model records the noise levels it was actually trained at (timestep / 1000 of every
+    forward): the high-noise expert only σ >= boundary, the low-noise one only σ < boundary. The saved
+    metadata is checked too, but it is only the label."""
     high, low = handle(0), handle(1)
-    out = WanFlowTrainLoRA().run(high, ToyLatents(), "a14b", rank=2, alpha=2.0, targets="self_attention",
-                                 model_low_noise=low, boundary=0.875, **COMMON)["result"]
+    seen = {"high": [], "low": []}
+
+    def recorder(name):
+        def hook(module, args, kwargs):
+            timestep = args[1] if len(args) > 1 else kwargs["timestep"]
+            seen[name].extend((timestep.detach().flatten().double() / 1000).tolist())
+        return hook
+    hooks = [high.module.register_forward_pre_hook(recorder("high"), with_kwargs=True),
+             low.module.register_forward_pre_hook(recorder("low"), with_kwargs=True)]
+    try:
+        out = WanFlowTrainLoRA().run(high, ToyLatents(), "a14b", rank=2, alpha=2.0, targets="self_attention",
+                                     model_low_noise=low, boundary=0.875, **COMMON)["result"]
+    finally:
+        for h in hooks:
+            h.remove()
+    # 4 steps x batch 2 per expert, one forward per micro-batch (no validation connected)
+    assert len(seen["high"]) == len(seen["low"]) == COMMON["steps"] * COMMON["batch_size"], seen
+    assert all(0.875 <= s <= 1.0 for s in seen["high"]), seen["high"]
+    assert all(0.0 <= s < 0.875 for s in seen["low"]), seen["low"]
+    # not a degenerate draw: the shifted sampler spreads σ inside each range
+    assert max(seen["high"]) - min(seen["high"]) > 0.01 and max(seen["low"]) - min(seen["low"]) > 0.05
     paths = out[2].splitlines()
     assert [p.rsplit("/", 1)[1] for p in paths] == ["a14b_high_noise.safetensors", "a14b_low_noise.safetensors"]
     ranges = []

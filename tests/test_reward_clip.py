@@ -251,8 +251,9 @@ def test_comfyui_bundled_tokenizer_gives_clip_ids():
     assert list(ids) == [49406, 320, 1125, 539, 320, 2368, 49407] and len(tok) == 49408
     try:
         import open_clip
-    except Exception:
-        return
+    except Exception as exc:
+        pytest.skip(f"open_clip is not importable ({type(exc).__name__}): the known ids above passed, the comparison "
+                    "with open_clip's own tokenizer did not run")
     texts = PROMPTS + [LONG, "café naïve 東京 🐱 it's a dog's life"]
     theirs = open_clip.get_tokenizer("ViT-H-14")(texts)
     ours = tok(texts, padding="max_length", max_length=77, truncation=True, return_tensors="pt")["input_ids"]
@@ -373,7 +374,9 @@ def test_dtype_and_frozen(small):
     reference = load_reward_model(small[1])
     images = torch.rand(2, 3, 32, 32)
     low, full = reward.image_features(images), reference.image_features(images)
-    assert low.dtype == torch.float32 and F.cosine_similarity(low, full).min() > 0.99
+    # bf16 weights: measured 1 - cos 1.6e-5 per image; bound ~6x
+    assert low.dtype == torch.float32 and (1 - F.cosine_similarity(low, full)).max() < 1e-4
+    assert not torch.equal(low, full)
     assert torch.equal(reward.preprocess(images), reference.preprocess(images))  # normalization stays fp32
     reward.train()
     assert not reward.training and not reward.model.training

@@ -113,13 +113,18 @@ def test_unipc_equals_official_updates(steps, shift):
     ours_steps = []
     ours = sample(wavy_velocity, x, grid, solver="unipc",
                   project=lambda y, s: ours_steps.append(y) or y)
+    assert len(ours_steps) == len(trajectory) == steps  # zip below compares every step, none silently dropped
     for a, b in zip(ours_steps, trajectory):
         assert torch.allclose(a, b, atol=2e-6, rtol=0), (a - b).abs().max()
     assert (ours - ref).abs().max() < 2e-6
-    # a different solver on the same grid is far away: the comparison can fail (with 2 steps UniPC is
-    # Euler: the corrector only touches x after the last model call)
+    # a different solver on the same grid is far away: the comparison can fail. With 2 steps UniPC is Euler
+    # (the corrector only touches x after the last model call), so Heun is the different solver there
+    euler = sample(wavy_velocity, x, grid, solver="euler")
     if steps > 2:
-        assert (sample(wavy_velocity, x, grid, solver="euler") - ref).abs().max() > 1e-3
+        assert (euler - ref).abs().max() > 1e-3
+    else:
+        assert (euler - ref).abs().max() < 2e-6
+        assert (sample(wavy_velocity, x, grid, solver="heun") - ref).abs().max() > 1e-3
 
 
 def test_unipc_on_diffusers_grid():

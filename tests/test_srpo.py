@@ -3,6 +3,7 @@ runs on a tiny flow model with the toy colour reward (wan_core.reward.ColourRewa
 from __future__ import annotations
 
 import copy
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -12,10 +13,14 @@ from wan_core.demo.text import DemoTextEncoder
 from wan_core.models.vae_tiling import tiled_decode
 from wan_core.rewards.base import COLOURS, ColourReward
 from wan_core.rewards.srpo import (
+    Evaluation,
+    HeldOut,
     Prompt,
     Rollout,
     SigmaWindow,
     SRPOConfig,
+    SRPOResult,
+    SRPOTrainer,
     branch_score,
     control_texts,
     decode_for_reward,
@@ -214,6 +219,142 @@ def test_decoding_for_the_reward_equals_the_vae_and_carries_gradient():
         decode_for_reward(vae, torch.zeros(1, 16, 2, 4, 4))
 
 
+def test_restore_best_copies_the_kept_weights():
+    """SRPOTrainer.restore_best on its own: the trainable parameters take the kept copy, best_step its step."""
+    params = [("a", torch.nn.Parameter(torch.zeros(3))), ("b", torch.nn.Parameter(torch.ones(2, 2)))]
+    kept = {"a": torch.tensor([1.0, 2.0, 3.0]), "b": torch.full((2, 2), -4.0)}
+    trainer = SimpleNamespace(named_params=params, best=(7, 0.9, kept), result=SRPOResult())
+    SRPOTrainer.restore_best(trainer)
+    assert trainer.result.best_step == 7
+    for n, p in params:
+        assert torch.equal(p.detach(), kept[n]), n
+    untouched = SimpleNamespace(named_params=params, best=None, result=SRPOResult(best_step=3))
+    SRPOTrainer.restore_best(untouched)  # nothing in bounds was ever seen: weights and step stay
+    assert untouched.result.best_step == 3 and torch.equal(params[0][1].detach(), kept["a"])
+
+
+# ---- the drift monitors and the stop rule, bound by bound ---------------------------------------------
+
+BOUNDS = dict(max_saturation_rise=0.1, max_channel_shift=1.0, max_fm_loss_ratio=1.5)
+BASELINE = dict(reward=0.5, saturation=0.3, mean=torch.zeros(4), std=torch.tensor([1.0, 1.0, 2.0, 0.5]), fm=2.0)
+
+
+def measured(**changes):
+    m = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in BASELINE.items()}
+    m.update(changes)
+    return dict(m, images=torch.zeros(1, 3, 4, 4))
+
+
+def evaluations(*measurements, **config):
+    """HeldOut.evaluate on given measurements (the first one is the baseline) instead of rollouts."""
+    heldout = HeldOut.__new__(HeldOut)  # only the evaluation arithmetic is under test here
+    heldout.config, heldout.baseline = SRPOConfig(**dict(BOUNDS, **config)), None
+    queue = iter([measured()] + list(measurements))
+    heldout.measure = lambda: next(queue)
+    return [heldout.evaluate(step)[0] for step in range(len(measurements) + 1)]
+
+
+def stop_for(evaluation, config=None, best=(0, 0.5, {}), history=()):
+    trainer = SimpleNamespace(config=config or SRPOConfig(**BOUNDS), best=best,
+                              result=SimpleNamespace(evaluations=list(history) + [evaluation]))
+    return SRPOTrainer.stop_reason(trainer, evaluation)
+
+
+MONITOR_WORDS = {"saturation": "saturation rose", "channel": "latent channel's mean moved",
+                 "fm": "flow-matching loss grew"}
+
+
+@pytest.mark.parametrize("crossed,changes,figure", [
+    ("saturation", dict(saturation=0.3 + 0.12), ("saturation_rise", 0.12)),
+    # channel 2 has std 2 before training: its 1.6 move is 0.8 std (inside); channel 1 moves 1.2 std (outside)
+    ("channel", dict(mean=torch.tensor([0.0, 1.2, 1.6, 0.0])), ("channel_shift", 1.2)),
+    ("fm", dict(fm=2.0 * 1.6), ("fm_loss_ratio", 1.6)),
+])
+def test_each_drift_bound_stops_the_run_on_its_own(crossed, changes, figure):
+    baseline, just_inside, outside = evaluations(
+        measured(saturation=0.3 + 0.099, mean=torch.tensor([0.0, 0.99, 1.9, -0.49]), fm=2.0 * 1.49),
+        measured(**changes))
+    assert baseline.within_bounds and baseline.saturation_rise == 0 and baseline.fm_loss_ratio == 1
+    assert just_inside.within_bounds, just_inside  # every monitor just below its bound
+    assert stop_for(just_inside) is None
+    name, value = figure
+    assert getattr(outside, name) == pytest.approx(value, rel=1e-6)
+    others = {"saturation_rise", "channel_shift", "fm_loss_ratio"} - {name}
+    assert all(getattr(outside, o) == getattr(baseline, o) for o in others)  # only this monitor moved
+    assert not outside.within_bounds
+    stop = stop_for(outside)
+    assert stop is not None and stop.reason is StopReason.DRIFT
+    assert stop.message.startswith("drift monitor: ")
+    for monitor, words in MONITOR_WORDS.items():
+        assert (words in stop.message) == (monitor == crossed), (monitor, stop.message)
+    assert f"(> {BOUNDS['max_' + {'saturation': 'saturation_rise', 'channel': 'channel_shift', 'fm': 'fm_loss_ratio'}[crossed]]})" in stop.message
+
+
+def test_every_crossed_bound_is_named():
+    _, outside = evaluations(measured(saturation=0.5, mean=torch.tensor([3.0, 0, 0, 0]), fm=10.0))
+    message = stop_for(outside).message
+    assert all(words in message for words in MONITOR_WORDS.values()), message
+
+
+def ev(step, reward, ok=True):
+    return Evaluation(step, reward, 0.3, 0.0, 0.0, 1.0, 1.0, ok)
+
+
+def test_patience_counts_evaluations_since_the_best():
+    config = SRPOConfig(**BOUNDS, patience=2)
+    history = [ev(0, 0.1), ev(5, 0.4)]  # best at step 5
+    assert stop_for(ev(10, 0.3), config, best=(5, 0.4, {}), history=history) is None  # one evaluation since
+    stop = stop_for(ev(15, 0.2), config, best=(5, 0.4, {}), history=history + [ev(10, 0.3)])
+    assert stop is not None and stop.reason is StopReason.NO_IMPROVEMENT
+    assert "has not improved for 2 evaluations" in stop.message
+    # patience 0 never stops; a drift stop wins over patience
+    assert stop_for(ev(15, 0.2), SRPOConfig(**BOUNDS), best=(5, 0.4, {}), history=history + [ev(10, 0.3)]) is None
+    drifted = Evaluation(15, 0.2, 0.3, 0.0, 2.0, 1.0, 1.0, False)  # a channel moved 2 std
+    drift = stop_for(drifted, config, best=(5, 0.4, {}), history=history + [ev(10, 0.3)])
+    assert drift.reason is StopReason.DRIFT and "latent channel's mean moved 2.00 std (> 1.0)" in drift.message
+
+
+def test_the_best_is_the_highest_reward_within_bounds():
+    """SRPOTrainer.evaluate keeps a copy of the weights only for an in-bounds evaluation better than the best."""
+    sequence = iter([ev(0, 0.1), ev(5, 0.3), ev(10, 0.9, ok=False), ev(15, 0.2), ev(20, 0.35)])
+    weights = {"w": torch.zeros(())}
+    trainer = SimpleNamespace(step=0, best=None, result=SRPOResult(), _eval_mode=lambda: None,
+                              heldout=SimpleNamespace(evaluate=lambda step: (next(sequence), None)),
+                              trainable_weights=lambda: {"w": weights["w"].clone()})
+    kept = []
+    for step in (0, 5, 10, 15, 20):
+        trainer.step = step
+        weights["w"] = torch.tensor(float(step))
+        SRPOTrainer.evaluate(trainer)
+        kept.append(trainer.best[0])
+    assert kept == [0, 5, 5, 5, 20]
+    assert trainer.best[1] == 0.35 and trainer.best[2]["w"].item() == 20.0
+
+
+def test_srpo_clips_the_gradient_and_reports_the_norm_before_clipping():
+    """One SRPO step on an untrained tiny model (the same ε, σ* and prompt for every trainer of the same seed):
+    with max_grad_norm below the gradient's norm the applied gradient is the clipped one, and the step's
+    metrics report the norm before clipping."""
+    base = random_dit("t2v", 0, text_len=8, text_dim=32)
+
+    def one_step(max_grad_norm):
+        rollout = Rollout(copy.deepcopy(base), DemoCodec())
+        config = run_config(steps=1, eval_every=0, rollout_steps=2, max_grad_norm=max_grad_norm)
+        heldout = HeldOut([prompt("a red square")], rollout, ColourReward(), config)
+        trainer = SRPOTrainer(rollout, ColourReward(), [prompt("a red square")], config, heldout)
+        metrics = trainer.train_step()
+        return metrics, {n: p.grad.clone() for n, p in trainer.named_params if p.grad is not None}
+
+    free, raw = one_step(0.0)
+    norm = torch.stack([g.norm() for g in raw.values()]).norm().item()
+    assert norm > 0 and free.grad_norm == pytest.approx(norm, rel=1e-5)
+    clipped, grads = one_step(norm / 5)
+    assert clipped.grad_norm == pytest.approx(norm, rel=1e-5)
+    assert set(grads) == set(raw)
+    for n, g in grads.items():
+        torch.testing.assert_close(g, raw[n] * (norm / 5) / (norm + 1e-6), rtol=1e-4, atol=1e-10, msg=n)
+
+
 # ---- training runs -----------------------------------------------------------------------------------
 
 
@@ -258,16 +399,33 @@ def test_shortcut_drifts_more_without_inversion_and_srp(flow_model):
     assert mean_plain > 1.4 * mean_srpo, rises
 
 
-def test_the_stop_rule_restores_the_best_weights(flow_model):
+def test_the_stop_rule_restores_the_best_weights(flow_model, monkeypatch):
+    """The run ends with exactly the weights the best in-bounds evaluation saw (a copy taken at every evaluation),
+    whichever step that was, and they differ from the weights the run stopped with."""
+    snapshots = {}
+    real_evaluate = SRPOTrainer.evaluate
+
+    def evaluate_and_keep_a_copy(self):
+        evaluation = real_evaluate(self)
+        snapshots[self.step] = self.trainable_weights()
+        return evaluation
+    monkeypatch.setattr(SRPOTrainer, "evaluate", evaluate_and_keep_a_copy)
     model, result = run(flow_model, "a square", run_config(steps=30, branches="denoise", srp=False,
                                                             max_saturation_rise=0.01))
     assert result.stopped and result.stopped.reason is StopReason.DRIFT
     assert "saturation rose" in result.stopped.message
     assert result.steps_done < 30 and result.best_step < result.steps_done
-    best = result.evaluations[[e.step for e in result.evaluations].index(result.best_step)]
+    steps = [e.step for e in result.evaluations]
+    assert sorted(snapshots) == steps and steps[-1] == result.steps_done
+    best = result.evaluations[steps.index(result.best_step)]
     assert best.within_bounds and not result.evaluations[-1].within_bounds
-    if result.best_step == 0:  # back to the untouched model: the LoRA's up-projections are zero again
-        assert all(float(p.abs().max()) == 0 for n, p in result.network.named_parameters() if "up" in n)
+    assert best.reward == max(e.reward for e in result.evaluations if e.within_bounds)
+    final = {n: p.detach().cpu() for n, p in result.network.named_parameters()}
+    assert set(final) == set(snapshots[result.best_step])
+    for n, p in final.items():
+        assert torch.equal(p, snapshots[result.best_step][n]), n
+    last = snapshots[result.steps_done]
+    assert any(not torch.equal(last[n], p) for n, p in final.items())  # restoring really changed the weights
 
 
 def test_an_interrupted_run_resumes_like_an_uninterrupted_one(flow_model, tmp_path):

@@ -218,6 +218,8 @@ def test_fp8_dequantization_is_exact(scaled_file):
     path, tensors = scaled_file
     q = "encoder.block.1.layer.1.DenseReluDense.wo."
     assert tensors[q + "weight"].dtype == torch.float8_e4m3fn and tensors[q + "scale_weight"].numel() == 1
+    scaled = [name for name in tensors if name.endswith(".scale_weight")]
+    assert len(scaled) >= 7 * tt.TINY_UMT5["num_layers"]  # every block Linear (q, k, v, o, wi_0, wi_1, wo) is fp8
     for dtype in (torch.float32, torch.bfloat16):
         loaded = load_text_encoder(path, dtype=dtype).model.state_dict()
         for name, w in tensors.items():

@@ -168,6 +168,29 @@ def test_first_frame_clean_keeps_frame_zero_and_leaves_it_out_of_the_loss():
     assert (t[:, :per_frame] == 0).all() and torch.allclose(t[:, per_frame:], torch.tensor(600.0))
 
 
+@pytest.mark.parametrize("frames", [2, 3])
+def test_first_frame_clean_loss_is_the_mean_over_the_trained_frames(frames):
+    """The normaliser: a velocity off by c_b on every trained element of sample b (and by anything on frame 0)
+    gives the loss mean_b(c_b²) exactly, whatever the frame count (dividing by all frames would give
+    (T − 1)/T of it)."""
+    g = torch.Generator().manual_seed(2)
+    shape = (2, LATENT[0], frames, *LATENT[2:])
+    x0, noise = torch.randn(*shape, generator=g), torch.randn(*shape, generator=g)
+    offsets = torch.tensor([0.5, 1.5]).view(2, 1, 1, 1, 1)
+
+    class Off(Oracle):
+        def forward(self, x, timestep, *a, **k):
+            v = super().forward(x, timestep, *a, **k) + offsets
+            v[:, :, 0] = 1e3  # frame 0 is left out of the loss
+            return v
+    model = Off(x0, small_model().config)
+    loss = flow_matching_loss(model, x0, torch.zeros(2, 4, 64), torch.tensor([0.3, 0.7]), noise, first_frame_clean=True)
+    assert loss.item() == pytest.approx((0.25 + 2.25) / 2, rel=1e-5)
+    weighted = flow_matching_loss(model, x0, torch.zeros(2, 4, 64), torch.tensor([0.3, 0.7]), noise,
+                                  first_frame_clean=True, weights=torch.tensor([2.0, 0.0]))
+    assert weighted.item() == pytest.approx(2 * 0.25 / 2, rel=1e-5)
+
+
 # ---- batches ---------------------------------------------------------------------------------
 
 def test_epoch_batches_group_buckets_cover_everything_and_repeat_deterministically():
@@ -238,6 +261,65 @@ def test_grad_accumulation_equals_the_bigger_batch():
     for n, p in b.named_parameters():
         torch.testing.assert_close(p.grad, grads_a[n], rtol=1e-4, atol=1e-7, msg=n)
     assert sum(float(g.abs().sum()) for g in grads_a.values()) > 0
+
+
+def test_ema_follows_its_closed_form_and_is_the_result():
+    """ema_0 = the weights before training, ema_t = d·ema_{t−1} + (1 − d)·w_t after optimizer step t; train()
+    ends with the model holding the EMA."""
+    d = 0.8
+    model = small_model()
+    ema = {n: p.detach().clone() for n, p in model.named_parameters()}
+    last = {}
+
+    def record(step, total, metrics):  # the trained weights w_t, right after step t
+        for n, p in model.named_parameters():
+            ema[n] = d * ema[n] + (1 - d) * p.detach()
+            last[n] = p.detach().clone()
+    result = train(model, ToyLatents(), quick(steps=4, ema_decay=d, lr_schedule="constant"), callback=record)
+    assert result.steps_done == 4
+    moved = 0.0
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.detach(), ema[n], rtol=1e-5, atol=1e-7, msg=n)
+        moved = max(moved, (last[n] - ema[n]).abs().max().item())
+    assert moved > 1e-4  # the EMA is not simply the last weights: the comparison can fail
+
+
+def _fixed_batch(seed=5, n=2):
+    g = torch.Generator().manual_seed(seed)
+    return {"latent": torch.randn(n, *LATENT, generator=g), "context": torch.randn(n, 8, 64, generator=g),
+            "sigma": torch.rand(n, generator=g), "noise": torch.randn(n, *LATENT, generator=g)}
+
+
+def test_gradient_clipping_applies_the_clipped_gradient_and_reports_the_norm_before_it():
+    batch = _fixed_batch()
+    reference = Trainer(small_model(), ToyLatents(), quick(max_grad_norm=0.0, lr_schedule="constant"))
+    reference.micro_batch = lambda: batch
+    unclipped = reference.train_step()
+    raw = {n: p.grad.clone() for n, p in reference.named_params}
+    norm = torch.stack([g.norm() for g in raw.values()]).norm().item()
+    assert unclipped.grad_norm == pytest.approx(norm, rel=1e-5)
+    for max_norm in (norm / 4, 2 * norm):  # clipped, and left alone below the bound
+        model = small_model()
+        before = params(model)
+        trainer = Trainer(model, ToyLatents(), quick(max_grad_norm=max_norm, lr_schedule="constant"))
+        trainer.micro_batch = lambda: batch
+        metrics = trainer.train_step()
+        assert metrics.grad_norm == pytest.approx(norm, rel=1e-5)  # StepMetrics: the norm before clipping
+        factor = min(1.0, max_norm / (norm + 1e-6))
+        for n, p in trainer.named_params:
+            torch.testing.assert_close(p.grad, raw[n] * factor, rtol=1e-5, atol=1e-9, msg=n)
+        applied = torch.stack([p.grad.norm() for _, p in trainer.named_params]).norm().item()
+        assert applied == pytest.approx(min(norm, max_norm), rel=1e-4)
+        # the optimizer step used that gradient: AdamW from the same start with the clipped gradient
+        check = small_model()
+        check.load_state_dict(before)
+        cfg = trainer.config
+        opt = torch.optim.AdamW(check.parameters(), lr=cfg.learning_rate, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        for n, p in check.named_parameters():
+            p.grad = raw[n] * factor
+        opt.step()
+        for (n, p), q in zip(model.named_parameters(), check.parameters()):
+            torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-6, atol=1e-8, msg=n)
 
 
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path):

@@ -197,7 +197,8 @@ def test_half_precision_files_and_dtype(tmp_path, vaes):
     assert half.dtype == torch.bfloat16
     out = half.encode(video)
     assert out.dtype == torch.float32
-    assert_close(out, rounded.encode(video), 0.1, "bf16 compute")
+    err = (out - rounded.encode(video)).abs().max().item()
+    assert 0 < err < 0.04, f"bf16 compute: max abs diff {err:.3e}"  # measured 1.0e-2 (latents up to ~1.2); ~4x
 
 
 def test_tile_blending_is_exact_for_a_local_map(vaes, monkeypatch):
