@@ -7,11 +7,10 @@ import struct
 import tracemalloc
 
 import pytest
+import safetensors
 import torch
 
 from wan_core.io.tensor_files import CheckpointError, SafetensorsFile
-
-safetensors = pytest.importorskip("safetensors")
 
 T = '"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}'
 CASES = {  # name: (header text or bytes, data bytes)
